@@ -1,0 +1,147 @@
+// Package caddyfile parses the websocket directive of a Caddyfile into the
+// handler's JSON configuration. It knows the grammar and the JSON names and
+// checks every value as it reads it, so a mistake is reported with its file
+// and line; the handler then decodes the JSON like any other config.
+package caddyfile
+
+import (
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// Parse reads one websocket directive from d, which is positioned on the
+// directive name (the matcher, if any, already taken off by Caddy), and
+// returns the handler config as a JSON object without the "handler" key.
+//
+// The syntax is documented on the handler's UnmarshalCaddyfile.
+func Parse(d *caddyfile.Dispenser) (map[string]any, error) {
+	cfg := map[string]any{}
+	var to []string
+	d.Next() // the directive name
+	to = append(to, d.RemainingArgs()...)
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "to":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			to = append(to, args...)
+		case "mode":
+			v, err := oneOf(d, "tunnel", "terminate")
+			if err != nil {
+				return nil, err
+			}
+			cfg["mode"] = v
+		case "lb_policy":
+			v, err := oneOf(d, "first", "round_robin")
+			if err != nil {
+				return nil, err
+			}
+			cfg["lb_policy"] = v
+		case "dial_timeout", "handshake_timeout":
+			v, err := duration(d, false)
+			if err != nil {
+				return nil, err
+			}
+			cfg[opt] = v
+		case "origins":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			cfg["origins"] = append(stringList(cfg["origins"]), args...)
+		case "client", "backend":
+			if d.CountRemainingArgs() > 0 {
+				return nil, d.Errf("%s takes a block, not arguments", opt)
+			}
+			side, err := parseSide(d, opt)
+			if err != nil {
+				return nil, err
+			}
+			cfg[opt] = side
+		default:
+			return nil, d.Errf("unrecognized websocket option %q", opt)
+		}
+	}
+	if len(to) == 0 {
+		return nil, d.Err("websocket needs at least one upstream: websocket [<matcher>] <upstreams...> or 'to <upstreams...>' in its block")
+	}
+	cfg["to"] = to
+	return cfg, nil
+}
+
+func parseSide(d *caddyfile.Dispenser, name string) (map[string]any, error) {
+	side := map[string]any{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "keepalive", "idle_timeout", "write_timeout":
+			v, err := duration(d, true)
+			if err != nil {
+				return nil, err
+			}
+			side[opt] = v
+		case "pong_timeout":
+			v, err := duration(d, false)
+			if err != nil {
+				return nil, err
+			}
+			side[opt] = v
+		default:
+			return nil, d.Errf("unrecognized option %q in websocket %s block", opt, name)
+		}
+	}
+	return side, nil
+}
+
+// duration reads exactly one duration argument, or "off" when allowed.
+func duration(d *caddyfile.Dispenser, offOK bool) (string, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("%s takes one value, got another: %q", opt, d.Val())
+	}
+	if offOK && v == "off" {
+		return v, nil
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		if offOK {
+			return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, or off)", opt, v)
+		}
+		return "", d.Errf("%s: bad duration %q (want e.g. 10s, 1m30s)", opt, v)
+	}
+	if dur <= 0 {
+		return "", d.Errf("%s: duration must be positive, got %q", opt, v)
+	}
+	return v, nil
+}
+
+func oneOf(d *caddyfile.Dispenser, choices ...string) (string, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("%s takes one value, got another: %q", opt, d.Val())
+	}
+	for _, c := range choices {
+		if v == c {
+			return v, nil
+		}
+	}
+	return "", d.Errf("%s: unknown value %q (want %s)", opt, v, strings.Join(choices, " or "))
+}
+
+func stringList(v any) []string {
+	l, _ := v.([]string)
+	return l
+}

@@ -1,0 +1,188 @@
+package websocket
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/upgrade"
+)
+
+// upstream is a backend address, ready to dial.
+type upstream struct {
+	network, addr string
+	raw           string // as configured, for logs
+}
+
+// parseUpstream accepts host:port, :port, ws://host[:port],
+// http://host[:port] and unix//path.
+func parseUpstream(s string) (upstream, error) {
+	switch {
+	case strings.HasPrefix(s, "unix//"):
+		return upstream{"unix", strings.TrimPrefix(s, "unix/"), s}, nil
+	case strings.Contains(s, "://"):
+		u, err := url.Parse(s)
+		if err != nil {
+			return upstream{}, fmt.Errorf("upstream %q: %v", s, err)
+		}
+		switch u.Scheme {
+		case "ws", "http":
+		case "wss", "https":
+			return upstream{}, fmt.Errorf("upstream %q: TLS to backends is not supported; use ws:// or host:port", s)
+		default:
+			return upstream{}, fmt.Errorf("upstream %q: unknown scheme %q", s, u.Scheme)
+		}
+		if u.Path != "" && u.Path != "/" {
+			return upstream{}, fmt.Errorf("upstream %q: a path is not allowed; the request's own path is used", s)
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "80")
+		}
+		return upstream{"tcp", host, s}, nil
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return upstream{}, fmt.Errorf("upstream %q: want host:port, ws://host[:port] or unix//path", s)
+	}
+	return upstream{"tcp", s, s}, nil
+}
+
+// dial connects to the first backend that answers, starting where the
+// load-balancing policy says.
+func (h *Handler) dial(ctx context.Context) (net.Conn, upstream, *upgrade.Error) {
+	start := 0
+	if h.LBPolicy == "round_robin" {
+		start = int(h.rr.Add(1)-1) % len(h.upstream)
+	}
+	d := net.Dialer{Timeout: time.Duration(h.DialTimeout)}
+	if d.Timeout <= 0 {
+		d.Timeout = DefaultDialTimeout
+	}
+	var errs []string
+	for i := range h.upstream {
+		u := h.upstream[(start+i)%len(h.upstream)]
+		conn, err := d.DialContext(ctx, u.network, u.addr)
+		if err == nil {
+			return conn, u, nil
+		}
+		h.logger.Warn("websocket backend dial failed", zapUpstream(u), zap.Error(err))
+		errs = append(errs, u.raw+": "+dialReason(err))
+	}
+	return nil, upstream{}, &upgrade.Error{
+		Status: http.StatusBadGateway,
+		Reason: "no backend reachable (" + strings.Join(errs, "; ") + ")",
+	}
+}
+
+func dialReason(err error) string {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "dial timeout"
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return se.Err.Error()
+		}
+		return oe.Err.Error()
+	}
+	return err.Error()
+}
+
+// hopHeaders are removed from a forwarded upgrade request, as Caddy's
+// reverse_proxy does; the gateway sets its own Connection and Upgrade.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// backendRequest writes the upgrade request for the backend: the client's
+// request line and headers, less hop-by-hop headers, with X-Forwarded-*
+// set. The Sec-WebSocket-* headers pass unchanged, so the key, subprotocols
+// and extensions are negotiated end to end.
+func backendRequest(r *http.Request) []byte {
+	hdr := r.Header.Clone()
+	for _, c := range r.Header.Values("Connection") {
+		for _, f := range strings.Split(c, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				hdr.Del(f)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		hdr.Del(k)
+	}
+	hdr.Set("Connection", "Upgrade")
+	hdr.Set("Upgrade", "websocket")
+
+	// Like reverse_proxy: extend X-Forwarded-* only when the request came
+	// through a trusted proxy, otherwise replace what the client claimed.
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	clientIP, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		clientIP = r.RemoteAddr
+	}
+	if prior := r.Header.Values("X-Forwarded-For"); trusted && len(prior) > 0 {
+		hdr.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+clientIP)
+	} else {
+		hdr.Set("X-Forwarded-For", clientIP)
+	}
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	if !trusted || hdr.Get("X-Forwarded-Proto") == "" {
+		hdr.Set("X-Forwarded-Proto", proto)
+	}
+	if !trusted || hdr.Get("X-Forwarded-Host") == "" {
+		hdr.Set("X-Forwarded-Host", r.Host)
+	}
+
+	var b bytes.Buffer
+	uri := r.RequestURI
+	if uri == "" || strings.Contains(uri, "://") {
+		uri = r.URL.RequestURI()
+	}
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", uri, r.Host)
+	hdr.Write(&b)
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+// handshake sends the upgrade request on conn and reads the backend's
+// answer. The returned reader may hold bytes the backend sent after its
+// response headers.
+func handshake(conn net.Conn, req []byte, timeout time.Duration) (*http.Response, *bufio.Reader, *upgrade.Error) {
+	conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := conn.Write(req); err != nil {
+		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway,
+			Reason: "backend closed the connection before the upgrade request was sent: " + err.Error()}
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, nil, &upgrade.Error{Status: http.StatusGatewayTimeout,
+				Reason: fmt.Sprintf("backend did not answer the upgrade within %v", timeout)}
+		}
+		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway,
+			Reason: "backend sent no valid HTTP response to the upgrade: " + err.Error()}
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		conn.SetDeadline(time.Time{})
+	}
+	return res, br, nil
+}

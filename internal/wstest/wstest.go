@@ -1,0 +1,277 @@
+// Package wstest holds what the integration tests share: an in-process Caddy
+// started from a Caddyfile on an ephemeral loopback port, and raw WebSocket
+// peers that read and write exact bytes, so tests can assert that frames pass
+// the gateway unchanged.
+package wstest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/upgrade"
+)
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// StartCaddy runs Caddy in this process with the given Caddyfile site
+// blocks; "{PORT}" in them is replaced by a free loopback port, whose
+// address is returned. Caddy stops when the test ends.
+func StartCaddy(t testing.TB, sites string) string {
+	t.Helper()
+	port := FreePort(t)
+	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}\n" +
+		strings.ReplaceAll(sites, "{PORT}", fmt.Sprint(port))
+	LoadCaddyfile(t, cf)
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Logf("caddy stop: %v", err)
+		}
+	})
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// LoadCaddyfile adapts and loads a whole Caddyfile, as a reload would.
+func LoadCaddyfile(t testing.TB, cf string) {
+	t.Helper()
+	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v\n%s", err, cf)
+	}
+	for _, w := range warn {
+		t.Logf("caddyfile warning: %s", w.String())
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("load: %v", err)
+	}
+}
+
+// Key returns a fresh Sec-WebSocket-Key.
+func Key() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}
+
+// UpgradeRequest returns a valid upgrade request for path on host, with
+// extra header lines ("Name: value") appended.
+func UpgradeRequest(host, path, key string, extra ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n", path, host, key)
+	for _, e := range extra {
+		b.WriteString(e + "\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+// Peer is one end of a raw WebSocket connection.
+type Peer struct {
+	net.Conn
+	R *bufio.Reader
+	// Masked says whether this end masks its frames (it is a client).
+	Masked bool
+}
+
+// Dial opens a raw client connection to addr and sends the upgrade request
+// (built by UpgradeRequest unless req is given). It returns the peer and
+// the response; the peer is nil unless the status is 101.
+func Dial(t testing.TB, addr, req string) (*Peer, *http.Response) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req == "" {
+		req = UpgradeRequest(addr, "/ws", Key())
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	c.SetDeadline(time.Time{})
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		t.Cleanup(func() { c.Close() })
+		return nil, res
+	}
+	p := &Peer{Conn: c, R: br, Masked: true}
+	t.Cleanup(func() { p.Close() })
+	return p, res
+}
+
+// Frame is a decoded frame with its payload unmasked.
+type Frame struct {
+	frame.Header
+	Payload []byte
+}
+
+// ReadFrame reads one frame, waiting at most d.
+func (p *Peer) ReadFrame(d time.Duration) (Frame, error) {
+	p.SetReadDeadline(time.Now().Add(d))
+	defer p.SetReadDeadline(time.Time{})
+	var hb [frame.MaxHeaderSize]byte
+	if _, err := io.ReadFull(p.R, hb[:2]); err != nil {
+		return Frame{}, err
+	}
+	n := frame.HeaderSize(hb[0], hb[1])
+	if _, err := io.ReadFull(p.R, hb[2:n]); err != nil {
+		return Frame{}, err
+	}
+	h, _, err := frame.ParseHeader(hb[:n])
+	if err != nil {
+		return Frame{}, err
+	}
+	f := Frame{Header: h, Payload: make([]byte, h.Length)}
+	if _, err := io.ReadFull(p.R, f.Payload); err != nil {
+		return Frame{}, err
+	}
+	if h.Masked {
+		frame.Mask(h.Mask, 0, f.Payload)
+	}
+	return f, nil
+}
+
+// ReadBytes reads exactly n raw bytes, waiting at most d.
+func (p *Peer) ReadBytes(n int, d time.Duration) ([]byte, error) {
+	p.SetReadDeadline(time.Now().Add(d))
+	defer p.SetReadDeadline(time.Time{})
+	b := make([]byte, n)
+	_, err := io.ReadFull(p.R, b)
+	return b, err
+}
+
+// Encode returns the wire bytes of one frame from this peer.
+func (p *Peer) Encode(fin bool, rsv byte, op frame.Opcode, payload []byte) []byte {
+	return EncodeFrame(p.Masked, fin, rsv, op, payload)
+}
+
+// WriteFrame writes one frame.
+func (p *Peer) WriteFrame(op frame.Opcode, payload []byte) error {
+	_, err := p.Write(p.Encode(true, 0, op, payload))
+	return err
+}
+
+// EncodeFrame returns the wire bytes of a frame, masked with a random key
+// when masked is set.
+func EncodeFrame(masked, fin bool, rsv byte, op frame.Opcode, payload []byte) []byte {
+	h := frame.Header{Fin: fin, Rsv: rsv, Op: op, Masked: masked, Length: int64(len(payload))}
+	if masked {
+		rand.Read(h.Mask[:])
+	}
+	b := make([]byte, h.Size(), h.Size()+len(payload))
+	frame.PutHeader(b, h)
+	b = append(b, payload...)
+	if masked {
+		frame.Mask(h.Mask, 0, b[h.Size():])
+	}
+	return b
+}
+
+// ClosePayload returns the payload of a Close frame.
+func ClosePayload(code int, reason string) []byte {
+	return append([]byte{byte(code >> 8), byte(code)}, reason...)
+}
+
+// Backend is a raw WebSocket backend on a loopback port. Each accepted and
+// upgraded connection is handed to Handle in its own goroutine.
+type Backend struct {
+	Addr string
+	// Accepted counts TCP connections accepted, upgraded or not.
+	Accepted atomic.Int64
+	// Requests receives each upgrade request as it arrived.
+	Requests chan *http.Request
+
+	l    net.Listener
+	wg   sync.WaitGroup
+	resp func(r *http.Request) string
+}
+
+// NewBackend starts a backend. respond returns the raw response to an
+// upgrade request (nil: a correct 101); handle runs on each upgraded
+// connection.
+func NewBackend(t testing.TB, respond func(r *http.Request) string, handle func(p *Peer)) *Backend {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Backend{Addr: l.Addr().String(), Requests: make(chan *http.Request, 100), l: l, resp: respond}
+	if b.resp == nil {
+		b.resp = func(r *http.Request) string { return Switch(r) }
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			b.Accepted.Add(1)
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				r, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				select {
+				case b.Requests <- r:
+				default:
+				}
+				resp := b.resp(r)
+				if _, err := io.WriteString(c, resp); err != nil || !strings.HasPrefix(resp, "HTTP/1.1 101") {
+					return
+				}
+				if handle != nil {
+					handle(&Peer{Conn: c, R: br})
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return b
+}
+
+// Switch is the correct 101 answer to r.
+func Switch(r *http.Request, extra ...string) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
+		upgrade.AcceptKey(r.Header.Get("Sec-WebSocket-Key")))
+	for _, e := range extra {
+		b.WriteString(e + "\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}

@@ -1,0 +1,285 @@
+// Package websocket is a Caddy module that puts a WebSocket gateway in front
+// of WebSocket backends: it takes the upgrade requests of a route (everything
+// else goes on to the next handler), validates them with clear errors, dials
+// a backend, and relays frames with idle-timeout policies of its own on both
+// legs: keepalive pings, pong deadlines, idle timeouts and clean Close frames.
+//
+// Build Caddy with it using xcaddy:
+//
+//	xcaddy build --with github.com/caddy-websocket/caddy-websocket
+package websocket
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	wscaddyfile "github.com/caddy-websocket/caddy-websocket/caddyfile"
+	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/upgrade"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("websocket", parseCaddyfile)
+	// Before reverse_proxy, so that one route can proxy a site's pages and
+	// hand its upgrades to the gateway.
+	httpcaddyfile.RegisterDirectiveOrder("websocket", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// Defaults of the options, as documented on the fields.
+const (
+	DefaultKeepalive        = 20 * time.Second
+	DefaultPongTimeout      = 15 * time.Second
+	DefaultWriteTimeout     = 30 * time.Second
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+)
+
+// Handler is the websocket gateway, Caddy module http.handlers.websocket.
+//
+// Requests that are not WebSocket upgrades pass to the next handler
+// untouched. An upgrade request is validated (RFC 6455 §4.2.1) and its
+// Origin checked before any backend is dialled; a refusal is answered with a
+// one-line plain-text reason (400, 403, or 426 for an unsupported version)
+// and logged. An accepted one is sent to a backend; the backend's 101 is
+// checked and passed on, any other answer is relayed to the client as it
+// came. Then the handler returns, leaving the connection to the tunnel.
+type Handler struct {
+	// To lists the backends, as host:port, ws://host[:port] or
+	// unix//path. They are tried in order (see LBPolicy); a backend that
+	// cannot be dialled within DialTimeout is skipped. Required.
+	To []string `json:"to,omitempty"`
+
+	// Mode is how connections are relayed. "tunnel" (the default) forwards
+	// frames verbatim in both directions, parsing only frame headers.
+	Mode string `json:"mode,omitempty"`
+
+	// LBPolicy picks the first backend to try: "first" (default) always
+	// starts with the first in To, "round_robin" rotates through them.
+	// Either way the others are tried in turn when one cannot be dialled.
+	LBPolicy string `json:"lb_policy,omitempty"`
+
+	// DialTimeout bounds the TCP connect to one backend. Default 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// HandshakeTimeout bounds the backend's answer to the upgrade request,
+	// from connect to the end of its response headers; past it the client
+	// gets 504. Default 10s.
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+
+	// Origins lists the browser origins allowed to connect, besides pages
+	// on the request's own host (which are always allowed): exact origins
+	// ("https://app.example.com"), hosts for any scheme ("example.com:8443"),
+	// "null", or "*" for all. Requests without an Origin header (non-browser
+	// clients) are allowed. Refused origins get 403.
+	Origins []string `json:"origins,omitempty"`
+
+	// Client is the idle-timeout policy of the client leg.
+	Client *Side `json:"client,omitempty"`
+
+	// Backend is the idle-timeout policy of the backend leg.
+	Backend *Side `json:"backend,omitempty"`
+
+	origins  upgrade.Origins
+	upstream []upstream
+	policy   [2]timeout.Policy
+	rr       *atomic.Uint64 // round-robin cursor
+	hub      *hub
+	logger   *zap.Logger
+}
+
+// Side is the idle-timeout policy of one leg of a connection.
+type Side struct {
+	// Keepalive sends a Ping to this side after this much silence on its
+	// leg (nothing received from it, or nothing sent to it). Pings go
+	// between frames, masked towards the backend as a client's must be;
+	// the Pongs that answer them are consumed, not forwarded. "off"
+	// disables. Default 20s.
+	Keepalive Timeout `json:"keepalive,omitempty"`
+
+	// PongTimeout closes the leg when a keepalive Ping is not answered
+	// within this long. Default 15s.
+	PongTimeout Timeout `json:"pong_timeout,omitempty"`
+
+	// IdleTimeout closes the connection after this long without a frame
+	// from this side (Pongs to the gateway's own pings do not count), with
+	// Close 1001 to both sides. Default off.
+	IdleTimeout Timeout `json:"idle_timeout,omitempty"`
+
+	// WriteTimeout closes the connection when a write to this side makes no
+	// progress for this long: a peer that stops reading cannot pin the
+	// other side's data in the gateway. "off" disables. Default 30s.
+	WriteTimeout Timeout `json:"write_timeout,omitempty"`
+}
+
+func (s *Side) policy() timeout.Policy {
+	if s == nil {
+		s = &Side{}
+	}
+	return timeout.Policy{
+		Keepalive:    s.Keepalive.or(DefaultKeepalive),
+		PongTimeout:  s.PongTimeout.or(DefaultPongTimeout),
+		IdleTimeout:  s.IdleTimeout.or(0),
+		WriteTimeout: s.WriteTimeout.or(DefaultWriteTimeout),
+	}
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.websocket",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	var err error
+	if h.origins, err = upgrade.ParseOrigins(h.Origins); err != nil {
+		return err
+	}
+	h.upstream = h.upstream[:0]
+	for _, a := range h.To {
+		u, err := parseUpstream(a)
+		if err != nil {
+			return err
+		}
+		h.upstream = append(h.upstream, u)
+	}
+	h.rr = new(atomic.Uint64)
+	h.policy[0] = h.Client.policy()
+	h.policy[1] = h.Backend.policy()
+	h.hub, err = loadHub()
+	return err
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if len(h.To) == 0 {
+		return fmt.Errorf("websocket: no upstream: set 'to'")
+	}
+	switch h.Mode {
+	case "", "tunnel":
+	case "terminate":
+		return fmt.Errorf("websocket: mode terminate is not available in this version; use tunnel")
+	default:
+		return fmt.Errorf("websocket: unknown mode %q (want tunnel)", h.Mode)
+	}
+	switch h.LBPolicy {
+	case "", "first", "round_robin":
+	default:
+		return fmt.Errorf("websocket: unknown lb_policy %q (want first or round_robin)", h.LBPolicy)
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the connection hub. Live
+// connections are owned by the hub, not by the config, so a reload leaves
+// them running; only when no config uses the hub (Caddy stops) are they
+// closed, with 1001.
+func (h *Handler) Cleanup() error {
+	if h.hub == nil {
+		return nil // Provision failed before it took a hold
+	}
+	h.hub = nil
+	return releaseHub()
+}
+
+// ServeHTTP intercepts WebSocket upgrade requests and passes everything else
+// to next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !upgrade.IsWebSocket(r) {
+		return next.ServeHTTP(w, r)
+	}
+	if err := upgrade.ValidateRequest(r); err != nil {
+		h.refuse(w, r, err)
+		return nil
+	}
+	if err := h.origins.Check(r); err != nil {
+		h.refuse(w, r, err)
+		return nil
+	}
+	h.proxy(w, r)
+	return nil
+}
+
+// refuse answers a refused upgrade with its status and one-line reason, and
+// logs why.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Error) {
+	h.logger.Info("websocket upgrade refused",
+		zap.Int("status", e.Status),
+		zap.String("reason", e.Reason),
+		zap.String("remote", r.RemoteAddr),
+		zap.String("path", r.URL.Path),
+		zap.String("header", e.Header),
+		zap.String("value", e.Value))
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	if e.Header == "Sec-WebSocket-Version" {
+		hdr.Set("Sec-WebSocket-Version", upgrade.Version)
+	}
+	w.WriteHeader(e.Status)
+	fmt.Fprintln(w, e.Reason)
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	websocket [<matcher>] [<upstreams...>] {
+//	    to <upstreams...>
+//	    mode tunnel
+//	    lb_policy first|round_robin
+//	    dial_timeout <duration>
+//	    handshake_timeout <duration>
+//	    origins <origins...>
+//	    client {
+//	        keepalive <interval>|off
+//	        pong_timeout <duration>
+//	        idle_timeout <duration>|off
+//	        write_timeout <duration>|off
+//	    }
+//	    backend {
+//	        keepalive <interval>|off
+//	        pong_timeout <duration>
+//	        idle_timeout <duration>|off
+//	        write_timeout <duration>|off
+//	    }
+//	}
+//
+// Upstreams may be given on the directive line, with to, or both.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	cfg, err := wscaddyfile.Parse(d)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, h)
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var ws Handler
+	err := ws.UnmarshalCaddyfile(h.Dispenser)
+	return &ws, err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

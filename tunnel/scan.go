@@ -1,0 +1,209 @@
+package tunnel
+
+import (
+	"net"
+
+	"github.com/caddy-websocket/caddy-websocket/frame"
+)
+
+// scanner follows the frame structure of one direction of the stream as it
+// is relayed chunk by chunk. Payload bytes are only counted, never copied;
+// the only bytes it keeps are a header split across two reads, or a Pong or
+// Close frame (at most 139 bytes) that must be seen whole before the gateway
+// knows whether to forward it.
+type scanner struct {
+	remain int64        // payload bytes left in the current streamed frame
+	cur    frame.Header // its header
+	carry  [frame.MaxHeaderSize + frame.MaxControlPayload]byte
+	carryN int
+	broken bool // an unparseable header: relay the rest blindly
+	segs   net.Buffers
+}
+
+// held reports whether a frame is kept whole before relaying: Pongs may be
+// answers to the gateway's pings, which are consumed; Close frames carry the
+// code to log and end the stream.
+func held(h frame.Header) bool {
+	return (h.Op == frame.OpPong || h.Op == frame.OpClose) && h.Length <= frame.MaxControlPayload
+}
+
+// relay scans b, read from src, and writes it on to src.peer.
+func (s *scanner) relay(src *leg, b []byte) {
+	dst := src.peer
+	if s.broken {
+		dst.write(net.Buffers{b}, -1, true, false)
+		return
+	}
+	s.segs = s.segs[:0]
+	boundary := -1
+	mark := dst.hasPend.Load() // only split the output where a ping waits
+	var closeFrame, active bool
+	i, run := 0, 0
+	flushRun := func(end int) {
+		if end > run {
+			s.segs = append(s.segs, b[run:end])
+			active = true
+		}
+		run = end
+	}
+	atBoundary := func() {
+		if mark && boundary < 0 {
+			flushRun(i)
+			boundary = len(s.segs)
+		}
+	}
+
+	// Finish a unit that began in an earlier read.
+	if s.carryN > 0 {
+		for {
+			want := s.unitSize()
+			k := copy(s.carry[s.carryN:want], b[i:])
+			s.carryN += k
+			i += k
+			if s.carryN < want {
+				return // b is used up and the unit is still incomplete
+			}
+			if s.unitSize() == want {
+				break // complete: the header did not ask for more
+			}
+		}
+		run = i
+		unit := s.carry[:s.carryN]
+		s.carryN = 0
+		h, hs, err := frame.ParseHeader(unit)
+		if err != nil {
+			s.broken = true
+			dst.write(net.Buffers{unit, b[i:]}, -1, true, false)
+			return
+		}
+		if held(h) {
+			if !s.heldFrame(src, h, unit[hs:]) {
+				s.segs = append(s.segs, unit)
+				active = true
+				closeFrame = closeFrame || h.Op == frame.OpClose
+			}
+			s.frameDone(src, h)
+		} else {
+			atBoundary()
+			s.segs = append(s.segs, unit)
+			active = true
+			s.cur, s.remain = h, h.Length
+			if s.remain == 0 {
+				s.frameDone(src, h)
+			}
+		}
+	}
+
+	tail := len(b)
+	for i < len(b) {
+		if s.remain > 0 {
+			k := int64(len(b) - i)
+			if k > s.remain {
+				k = s.remain
+			}
+			i += int(k)
+			s.remain -= k
+			if s.remain == 0 {
+				s.frameDone(src, s.cur)
+			}
+			continue
+		}
+		atBoundary()
+		rest := b[i:]
+		if len(rest) < 2 || len(rest) < frame.HeaderSize(rest[0], rest[1]) {
+			tail = i
+			break
+		}
+		h, hs, err := frame.ParseHeader(rest)
+		if err != nil {
+			s.broken = true
+			i = len(b)
+			break
+		}
+		if held(h) {
+			total := hs + int(h.Length)
+			if len(rest) < total {
+				tail = i
+				break
+			}
+			if s.heldFrame(src, h, rest[hs:total]) {
+				flushRun(i)
+				run = i + total
+			} else if h.Op == frame.OpClose {
+				closeFrame = true
+			}
+			i += total
+			s.frameDone(src, h)
+			continue
+		}
+		i += hs
+		s.cur, s.remain = h, h.Length
+		if s.remain == 0 {
+			s.frameDone(src, h)
+		}
+	}
+	flushRun(tail)
+	if s.remain == 0 && boundary < 0 && !s.broken {
+		boundary = len(s.segs)
+	}
+	if active {
+		src.lastActive.Store(src.now())
+	}
+	dst.write(s.segs, boundary, s.remain > 0 || s.broken, closeFrame)
+	// Only now may the carry buffer be overwritten: segs pointed into it.
+	s.carryN = copy(s.carry[:], b[tail:])
+
+	if closeFrame {
+		// src sent Close; once dst's answer has gone back, src's closing
+		// handshake is complete.
+		if src.sentClose() {
+			src.startClosing(src.c.cfg.CloseGrace)
+		}
+		if dst.closeRecv.Load() {
+			dst.startClosing(src.c.cfg.CloseGrace)
+		}
+	}
+}
+
+// unitSize is how many bytes the carried unit needs: the header, and for a
+// held frame its payload too.
+func (s *scanner) unitSize() int {
+	if s.carryN < 2 {
+		return 2
+	}
+	hs := frame.HeaderSize(s.carry[0], s.carry[1])
+	if s.carryN < hs {
+		return hs
+	}
+	h, _, err := frame.ParseHeader(s.carry[:hs])
+	if err != nil || !held(h) {
+		return hs
+	}
+	return hs + int(h.Length)
+}
+
+// heldFrame looks at a complete Pong or Close from src and reports whether
+// the gateway consumes it (a Pong answering its own Ping).
+func (s *scanner) heldFrame(src *leg, h frame.Header, payload []byte) bool {
+	var p [frame.MaxControlPayload]byte
+	n := copy(p[:], payload)
+	if h.Masked {
+		frame.Mask(h.Mask, 0, p[:n])
+	}
+	switch h.Op {
+	case frame.OpPong:
+		return src.isOwnPong(p[:n])
+	case frame.OpClose:
+		code, reason, _ := frame.ParseClose(p[:n])
+		src.closeRecv.Store(true)
+		src.c.record(src.side.String(), code, reason)
+	}
+	return false
+}
+
+// frameDone counts a finished frame.
+func (s *scanner) frameDone(src *leg, h frame.Header) {
+	if h.Fin && !h.Op.IsControl() {
+		src.msgs.Add(1)
+	}
+}
