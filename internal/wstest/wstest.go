@@ -13,6 +13,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,17 +43,39 @@ func FreePort(t testing.TB) int {
 // blocks; "{PORT}" in them is replaced by a free loopback port, whose
 // address is returned. Caddy stops when the test ends.
 func StartCaddy(t testing.TB, sites string) string {
+	return StartCaddyPorts(t, sites, 1)[0]
+}
+
+// StartCaddyPorts is StartCaddy with n ports: "{PORT}" or "{PORT1}" is the
+// first, "{PORT2}" the second, and so on.
+func StartCaddyPorts(t testing.TB, sites string, n int) []string {
 	t.Helper()
-	port := FreePort(t)
-	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}\n" +
-		strings.ReplaceAll(sites, "{PORT}", fmt.Sprint(port))
+	var addrs []string
+	for i := 1; i <= n; i++ {
+		port := fmt.Sprint(FreePort(t))
+		addrs = append(addrs, "127.0.0.1:"+port)
+		sites = strings.ReplaceAll(sites, fmt.Sprintf("{PORT%d}", i), port)
+		if i == 1 {
+			sites = strings.ReplaceAll(sites, "{PORT}", port)
+		}
+	}
+	// Caddy's log goes to a file that is shown only when the test fails.
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	cf := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n"+
+		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", logFile) + sites
 	LoadCaddyfile(t, cf)
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
 			t.Logf("caddy stop: %v", err)
 		}
 	})
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("caddy log:\n%s", b)
+		}
+	})
+	return addrs
 }
 
 // LoadCaddyfile adapts and loads a whole Caddyfile, as a reload would.
@@ -62,7 +86,9 @@ func LoadCaddyfile(t testing.TB, cf string) {
 		t.Fatalf("adapt: %v\n%s", err, cf)
 	}
 	for _, w := range warn {
-		t.Logf("caddyfile warning: %s", w.String())
+		if !strings.Contains(w.Message, "not formatted") {
+			t.Logf("caddyfile warning: %s", w.String())
+		}
 	}
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatalf("load: %v", err)

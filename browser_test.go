@@ -1,0 +1,166 @@
+package websocket_test
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
+	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
+)
+
+// chromium starts headless Chromium from Debian's package, or skips the test
+// outside CI when it is not installed (CI installs it, and fails instead).
+func chromium(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("chromium is not installed (apt-get install -y chromium)")
+		}
+		t.Skip("chromium is not installed")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+	}
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	bctx, cancelB := chromedp.NewContext(actx)
+	t.Cleanup(cancelB)
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return bctx
+}
+
+// member opens the chat page in a new tab and joins as name.
+func member(t *testing.T, browser context.Context, url, name string) context.Context {
+	t.Helper()
+	tab, cancel := chromedp.NewContext(browser)
+	t.Cleanup(cancel)
+	err := chromedp.Do(tab,
+		chromedp.Navigate(url),
+		chromedp.WaitVisible(chromedp.CSS("#name")),
+		chromedp.SendKeys(chromedp.CSS("#name"), name),
+		chromedp.Click(chromedp.CSS("#join")),
+		waitText("#status", "connected as "+name, 5*time.Second),
+	)
+	if err != nil {
+		t.Fatalf("%s joining %s: %v", name, url, err)
+	}
+	return tab
+}
+
+// waitText polls until the element's text contains want.
+func waitText(sel, want string, d time.Duration) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		end := time.Now().Add(d)
+		var got string
+		for time.Now().Before(end) {
+			var err error
+			if got, err = chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(sel))); err != nil {
+				return err
+			}
+			if strings.Contains(got, want) {
+				return nil
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return fmt.Errorf("%s: want %q, have %q", sel, want, got)
+	})
+}
+
+func say(tab context.Context, text string) error {
+	return chromedp.Do(tab,
+		chromedp.SendKeys(chromedp.CSS("#msg"), text),
+		chromedp.Click(chromedp.CSS("#send")))
+}
+
+func text(t *testing.T, tab context.Context, sel string) string {
+	s, err := chromedp.Run(tab, chromedp.TextContent(chromedp.CSS(sel)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestBrowserChatSurvivesSilence is the bar this project clears first: two
+// members of the example chat stay silent for three times the backend's
+// idle timeout. Through the gateway they keep chatting; through stock
+// reverse_proxy the backend drops them and the browser sees 1006.
+func TestBrowserChatSurvivesSilence(t *testing.T) {
+	browser := chromium(t)
+	const idle = time.Second
+	chat := httptest.NewServer(legacychat.New(idle))
+	defer chat.Close()
+	addrs := wstest.StartCaddyPorts(t, fmt.Sprintf(`http://127.0.0.1:{PORT1} {
+		websocket /ws %[1]s {
+			client {
+				keepalive 300ms
+			}
+			backend {
+				keepalive 300ms
+			}
+		}
+		reverse_proxy %[1]s
+	}
+	http://127.0.0.1:{PORT2} {
+		reverse_proxy %[1]s
+	}`, hostOf(chat)), 2)
+	gateway, stock := "http://"+addrs[0]+"/", "http://"+addrs[1]+"/"
+
+	gAlice := member(t, browser, gateway, "alice")
+	gBob := member(t, browser, gateway, "bob")
+	sAlice := member(t, browser, stock, "carol")
+	sBob := member(t, browser, stock, "dave")
+
+	time.Sleep(3 * idle)
+
+	// Through the gateway: still connected, and the room still works.
+	if err := say(gAlice, "anyone there?"); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(gBob, waitText("#log", "alice: anyone there?", 5*time.Second)); err != nil {
+		t.Fatalf("bob after %v of silence through the gateway: %v (status %q)", 3*idle, err, text(t, gBob, "#status"))
+	}
+	if err := say(gBob, "yes"); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(gAlice, waitText("#log", "bob: yes", 5*time.Second)); err != nil {
+		t.Fatalf("alice: %v", err)
+	}
+	t.Logf("gateway: alice %q, bob %q", text(t, gAlice, "#status"), text(t, gBob, "#status"))
+
+	// Through stock reverse_proxy: dropped by the backend's idle timeout.
+	for _, tab := range []context.Context{sAlice, sBob} {
+		if err := chromedp.Do(tab, waitText("#status", "disconnected (code 1006", 5*time.Second)); err != nil {
+			t.Fatalf("stock reverse_proxy: %v", err)
+		}
+	}
+	t.Logf("stock reverse_proxy: carol %q, dave %q", text(t, sAlice, "#status"), text(t, sBob, "#status"))
+
+	if dir := os.Getenv("SCREENSHOT_DIR"); dir != "" {
+		if png, err := chromedp.Run(gBob, chromedp.FullScreenshot(100)); err == nil {
+			os.WriteFile(filepath.Join(dir, "chat-gateway.png"), png, 0o644)
+		}
+	}
+}
