@@ -98,6 +98,11 @@ func (p Policy) Decide(l Leg, now time.Time) (Action, time.Time) {
 		if l.LastWrite.Before(silentSince) {
 			silentSince = l.LastWrite
 		}
+		// An unanswered Ping (with PongTimeout off) restarts the count, or
+		// a peer that never answers would be pinged on every wake-up.
+		if l.PingSent.After(silentSince) {
+			silentSince = l.PingSent
+		}
 		t := silentSince.Add(p.Keepalive)
 		if !now.Before(t) {
 			return Ping, next

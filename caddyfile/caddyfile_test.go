@@ -1,0 +1,109 @@
+package caddyfile_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-websocket/caddy-websocket"
+)
+
+func adapt(t *testing.T, body string) (map[string]any, error) {
+	t.Helper()
+	cf := ":8080 {\n" + body + "\n}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		return nil, err
+	}
+	// Find the websocket handler in the adapted config.
+	var cfg any
+	json.Unmarshal(out, &cfg)
+	var found map[string]any
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "websocket" && found == nil {
+				found = v
+			}
+			for _, c := range v {
+				walk(c)
+			}
+		case []any:
+			for _, c := range v {
+				walk(c)
+			}
+		}
+	}
+	walk(cfg)
+	if found == nil {
+		t.Fatalf("no websocket handler in %s", out)
+	}
+	return found, nil
+}
+
+func TestFullSyntax(t *testing.T) {
+	h, err := adapt(t, `	websocket /ws 127.0.0.1:9000 {
+		to 127.0.0.1:9001 ws://127.0.0.1:9002
+		mode tunnel
+		lb_policy round_robin
+		dial_timeout 2s
+		handshake_timeout 3s
+		origins https://app.example.com
+		origins partner.example
+		client {
+			keepalive 25s
+			pong_timeout 10s
+			idle_timeout off
+			write_timeout 5s
+		}
+		backend {
+			keepalive off
+			idle_timeout 5m
+		}
+	}
+	reverse_proxy 127.0.0.1:9000`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(h)
+	want := `{"backend":{"idle_timeout":"5m0s","keepalive":"off"},` +
+		`"client":{"idle_timeout":"off","keepalive":"25s","pong_timeout":"10s","write_timeout":"5s"},` +
+		`"dial_timeout":2000000000,"handler":"websocket","handshake_timeout":3000000000,"lb_policy":"round_robin","mode":"tunnel",` +
+		`"origins":["https://app.example.com","partner.example"],"to":["127.0.0.1:9000","127.0.0.1:9001","ws://127.0.0.1:9002"]}`
+	if string(got) != want {
+		t.Fatalf("adapted to\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestShortForm(t *testing.T) {
+	h, err := adapt(t, "\twebsocket 127.0.0.1:9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := json.Marshal(h); string(got) != `{"handler":"websocket","to":["127.0.0.1:9000"]}` {
+		t.Fatalf("%s", got)
+	}
+}
+
+func TestErrorsNameTheLine(t *testing.T) {
+	cases := []struct{ body, want string }{
+		{"\twebsocket", "at least one upstream"},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tkeepalive 20s\n\t}", `unrecognized websocket option "keepalive", at Caddyfile:3`},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tclient {\n\t\t\tkeepalive soon\n\t\t}\n\t}", `keepalive: bad duration "soon"`},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tclient {\n\t\t\tpong_timeout off\n\t\t}\n\t}", "Caddyfile:4"},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tmode bridge\n\t}", `mode: unknown value "bridge"`},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tdial_timeout\n\t}", "Caddyfile:3"},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tbackend {\n\t\t\tping 1s\n\t\t}\n\t}", `unrecognized option "ping" in websocket backend block, at Caddyfile:4`},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tdial_timeout -1s\n\t}", "must be positive"},
+	}
+	for _, c := range cases {
+		_, err := adapt(t, c.body)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: got %v, want %q", c.body, err, c.want)
+		}
+	}
+}
