@@ -71,13 +71,6 @@ func (h *hub) remove(id string) {
 	h.mu.Unlock()
 }
 
-// count returns the number of live connections.
-func (h *hub) count() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.conns)
-}
-
 // Destruct closes every live connection with 1001: Caddy is stopping.
 func (h *hub) Destruct() error {
 	h.mu.Lock()

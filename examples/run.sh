@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds Caddy with this module (xcaddy) and the legacy chat backend, then
+# runs the chat behind the gateway (http://127.0.0.1:8080) and behind stock
+# reverse_proxy (http://127.0.0.1:8081). Ctrl-C stops both.
+#
+#   IDLE=30s bash examples/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bin
+if ! command -v go >/dev/null; then
+	echo "Go is needed (https://go.dev/doc/install)" >&2
+	exit 1
+fi
+echo "building caddy with the websocket module (xcaddy)..."
+go run github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5 build v2.11.9 \
+	--with github.com/caddy-websocket/caddy-websocket@v0.0.0=. --output bin/caddy
+go build -o bin/legacychat ./examples/legacychat/cmd/legacychat
+
+bin/legacychat -addr 127.0.0.1:9000 -idle "${IDLE:-30s}" &
+chat=$!
+trap 'kill $chat 2>/dev/null' EXIT
+echo
+echo "  gateway:               http://127.0.0.1:8080"
+echo "  stock reverse_proxy:   http://127.0.0.1:8081"
+echo "  join both as two members each, stay silent for 30 s, then chat."
+echo
+bin/caddy run --config examples/Caddyfile --adapter caddyfile
