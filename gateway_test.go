@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/gorilla/websocket"
 
@@ -547,5 +548,46 @@ func TestIdleTimeout(t *testing.T) {
 	p.WriteFrame(frame.OpClose, wstest.ClosePayload(1001, ""))
 	if _, err := p.ReadFrame(3 * time.Second); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the closing handshake: %v, want EOF", err)
+	}
+}
+
+// TestReloadKeepsConnections: a config reload leaves live connections
+// running; stopping Caddy closes them with 1001.
+func TestReloadKeepsConnections(t *testing.T) {
+	echo := echoBackend(t)
+	sites := fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			client {
+				keepalive %%s
+			}
+		}
+	}`, hostOf(echo))
+	addr := wstest.StartCaddy(t, fmt.Sprintf(sites, "20s"))
+	c := dialWS(t, "ws://"+addr+"/")
+	roundTrip := func(msg string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, m, err := c.ReadMessage(); err != nil || string(m) != msg {
+			t.Fatalf("%q: %q %v", msg, m, err)
+		}
+	}
+	roundTrip("before")
+	port := strings.TrimPrefix(addr, "127.0.0.1:")
+	for i := 0; i < 3; i++ {
+		wstest.LoadCaddyfile(t, "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}\n"+
+			strings.ReplaceAll(fmt.Sprintf(sites, fmt.Sprintf("%ds", 10+i)), "{PORT}", port))
+		roundTrip(fmt.Sprintf("after reload %d", i+1))
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err := c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 1001 || ce.Text != "server shutting down" {
+		t.Fatalf("after caddy stop: %v", err)
 	}
 }

@@ -201,6 +201,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !upgrade.IsWebSocket(r) {
 		return next.ServeHTTP(w, r)
 	}
+	if upgrade.IsExtendedConnect(r) {
+		// WebSocket over HTTP/2 or HTTP/3 is a stream, not a socket the
+		// tunnel could take; reverse_proxy, if next, can carry it.
+		h.logger.Debug("websocket over HTTP/2+ passed to the next handler",
+			zap.String("proto", r.Proto), zap.String("path", r.URL.Path))
+		return next.ServeHTTP(w, r)
+	}
 	if err := upgrade.ValidateRequest(r); err != nil {
 		h.refuse(w, r, err)
 		return nil
