@@ -109,7 +109,7 @@ func text(t *testing.T, tab context.Context, sel string) string {
 // reverse_proxy the backend drops them and the browser sees 1006.
 func TestBrowserChatSurvivesSilence(t *testing.T) {
 	browser := chromium(t)
-	const idle = time.Second
+	const idle = 2 * time.Second
 	chat := httptest.NewServer(legacychat.New(idle))
 	defer chat.Close()
 	addrs := wstest.StartCaddyPorts(t, fmt.Sprintf(`http://127.0.0.1:{PORT1} {
@@ -137,7 +137,7 @@ func TestBrowserChatSurvivesSilence(t *testing.T) {
 
 	// Through the gateway: still connected, and the room still works.
 	if err := say(gAlice, "anyone there?"); err != nil {
-		t.Fatal(err)
+		t.Fatalf("alice after %v of silence through the gateway: %v (status %q)", 3*idle, err, text(t, gAlice, "#status"))
 	}
 	if err := chromedp.Do(gBob, waitText("#log", "alice: anyone there?", 5*time.Second)); err != nil {
 		t.Fatalf("bob after %v of silence through the gateway: %v (status %q)", 3*idle, err, text(t, gBob, "#status"))

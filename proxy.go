@@ -88,7 +88,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
 				zap.Int64("messages_from_client", s.Messages[tunnel.Client]),
 				zap.Int64("messages_from_backend", s.Messages[tunnel.Backend]),
 				zap.Int64("pings_to_client", s.Pings[tunnel.Client]),
-				zap.Int64("pings_to_backend", s.Pings[tunnel.Backend]))
+				zap.Int64("pings_to_backend", s.Pings[tunnel.Backend]),
+				zap.Int64("pongs_from_client", s.Pongs[tunnel.Client]),
+				zap.Int64("pongs_from_backend", s.Pongs[tunnel.Backend]),
+				zap.Duration("rtt_client", s.RTT[tunnel.Client]),
+				zap.Duration("rtt_backend", s.RTT[tunnel.Backend]))
 		},
 	})
 	hub.add(c)

@@ -61,8 +61,10 @@ type Summary struct {
 	Code   int
 	Reason string
 	// Bytes and Messages count what each side sent (index by Side); Pings
-	// counts the gateway's pings to each side.
-	Bytes, Messages, Pings [2]int64
+	// counts the gateway's pings to each side and Pongs the answers to them.
+	Bytes, Messages, Pings, Pongs [2]int64
+	// RTT is the round trip of the last answered ping on each side.
+	RTT [2]time.Duration
 }
 
 // Conn is one relayed connection.
@@ -160,6 +162,8 @@ func (c *Conn) readerDone(l *leg, why string) {
 		sum.Bytes[s] = c.legs[s].bytes.Load()
 		sum.Messages[s] = c.legs[s].msgs.Load()
 		sum.Pings[s] = c.legs[s].pings.Load()
+		sum.Pongs[s] = c.legs[s].pongs.Load()
+		sum.RTT[s] = time.Duration(c.legs[s].rtt.Load())
 	}
 	if c.cfg.OnClose != nil {
 		c.cfg.OnClose(sum)

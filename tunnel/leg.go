@@ -38,19 +38,22 @@ type leg struct {
 	rn       int
 	rerr     error
 	pingSeq  uint32
+	rearm    bool // a Pong ended the pong deadline: consult the policy again
 
 	// Shared between the two readers: nanoseconds since the tunnel started.
 	lastRead, lastWrite, lastActive atomic.Int64
 	pingSent                        atomic.Int64 // 0: no Ping outstanding
 	closingAt                       atomic.Int64 // 0: not closing
 	closeRecv                       atomic.Bool  // a Close frame came from the peer
-	bytes, msgs, pings              atomic.Int64
+	bytes, msgs, pings, pongs       atomic.Int64
+	rtt                             atomic.Int64 // last Pong's round trip, ns
 
 	// Writer state: what has been written to the peer, guarded by wmu.
 	wmu       sync.Mutex
 	midFrame  bool   // the stream to the peer is inside a frame
 	pending   []byte // gateway frames waiting for a frame boundary
-	closeSent bool   // a Close frame has gone to the peer; drop the rest
+	pendClose bool   // pending ends with the gateway's Close frame
+	closeSent bool   // a Close frame was relayed or queued to the peer; drop the rest
 	writeDead bool   // a write failed; drop the rest
 	wdeadline time.Time
 	hasPend   atomic.Bool // hint for the other reader: mark a boundary
@@ -173,12 +176,19 @@ func (l *leg) armDeadline() bool {
 	for {
 		var d time.Time
 		ca := l.closingAt.Load()
-		if ca != 0 {
+		switch {
+		case ca != 0:
 			if l.now() >= ca {
 				return true
 			}
 			d = l.at(ca)
-		} else {
+		case !l.deadline.IsZero() && !l.rearm:
+			// Traffic only moves the policy's next event later, so the
+			// deadline already set fires early at worst and is re-armed
+			// then: a busy leg is not re-armed on every read.
+			return false
+		default:
+			l.rearm = false
 			_, d = l.policy.Decide(l.state(), l.c.cfg.Now())
 		}
 		if d.Equal(l.deadline) {
@@ -249,8 +259,12 @@ func (l *leg) isOwnPong(p []byte) bool {
 	if len(p) != 8 || binary.BigEndian.Uint32(p[:4]) != pingTag {
 		return false
 	}
+	l.pongs.Add(1)
 	if binary.BigEndian.Uint32(p[4:]) == l.pingSeq {
-		l.pingSent.Store(0)
+		if sent := l.pingSent.Swap(0); sent != 0 {
+			l.rtt.Store(l.now() - sent)
+		}
+		l.rearm = true
 	}
 	return true
 }
@@ -286,6 +300,7 @@ func (l *leg) sendControl(f []byte, isClose bool) {
 	if isClose {
 		// A Close replaces queued pings: nothing may follow it.
 		l.pending = f
+		l.pendClose = true
 		l.closeSent = true
 	} else {
 		l.pending = append(l.pending, f...)
@@ -300,10 +315,13 @@ func (l *leg) flushPendingLocked() {
 	if len(l.pending) == 0 {
 		return
 	}
-	p := l.pending
-	l.pending = nil
+	p, isClose := l.pending, l.pendClose
+	l.pending, l.pendClose = nil, false
 	l.hasPend.Store(false)
 	l.writeLocked(net.Buffers{p})
+	if isClose {
+		l.closeWrite()
+	}
 }
 
 // write relays segments to the peer: segs[:boundary] end at a frame
@@ -326,8 +344,9 @@ func (l *leg) write(segs net.Buffers, boundary int, midFrame, closeFrame bool) {
 	l.midFrame = midFrame
 	if closeFrame {
 		l.closeSent = true
-		l.pending = nil
+		l.pending, l.pendClose = nil, false
 		l.hasPend.Store(false)
+		l.closeWrite()
 	}
 	if !l.midFrame {
 		l.flushPendingLocked()
@@ -349,7 +368,7 @@ func (l *leg) writeLocked(segs net.Buffers) {
 	}
 	if _, err := segs.WriteTo(l.conn); err != nil {
 		l.writeDead = true
-		l.pending = nil
+		l.pending, l.pendClose = nil, false
 		// Wake this leg's reader: the peer is gone or not reading.
 		l.closingAt.CompareAndSwap(0, l.now()+1)
 		l.conn.SetReadDeadline(time.Unix(1, 0))
@@ -358,27 +377,19 @@ func (l *leg) writeLocked(segs net.Buffers) {
 	l.lastWrite.Store(l.now())
 }
 
-// startClosing gives the peer grace to finish the closing handshake, then
-// its socket is closed by its reader. Towards the client the gateway is the
-// server, which closes TCP first (RFC 6455 §7.1.1): once a Close has gone
-// out, a half-close tells the client nothing more is coming.
+// startClosing gives the peer grace to finish the closing handshake; then
+// its reader closes the socket.
 func (l *leg) startClosing(grace time.Duration) {
 	at := l.now() + int64(grace)
 	for {
 		cur := l.closingAt.Load()
 		if cur != 0 && cur <= at {
-			break
+			return
 		}
 		if l.closingAt.CompareAndSwap(cur, at) {
 			l.conn.SetReadDeadline(l.at(at))
-			break
+			return
 		}
-	}
-	l.wmu.Lock()
-	done := l.closeSent && len(l.pending) == 0
-	l.wmu.Unlock()
-	if done {
-		l.closeWrite()
 	}
 }
 
@@ -388,6 +399,9 @@ func (l *leg) sentClose() bool {
 	return l.closeSent
 }
 
+// closeWrite half-closes the socket once a Close frame has gone out: nothing
+// may follow it, and the FIN tells the peer so while its own Close can
+// still come back (RFC 6455 §7.1.1: the server closes TCP first).
 func (l *leg) closeWrite() {
 	if cw, ok := l.conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
