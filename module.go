@@ -94,6 +94,7 @@ type Handler struct {
 	policy   [2]timeout.Policy
 	rr       *atomic.Uint64 // round-robin cursor
 	hub      *hub
+	holdsHub bool // Provision took a hold on the hub that Cleanup must release
 	logger   *zap.Logger
 }
 
@@ -159,8 +160,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.rr = new(atomic.Uint64)
 	h.policy[0] = h.Client.policy()
 	h.policy[1] = h.Backend.policy()
-	h.hub, err = loadHub()
-	return err
+	if h.hub, err = loadHub(); err != nil {
+		return err
+	}
+	h.holdsHub = true
+	return nil
 }
 
 // Validate checks the configuration.
@@ -188,10 +192,12 @@ func (h *Handler) Validate() error {
 // them running; only when no config uses the hub (Caddy stops) are they
 // closed, with 1001.
 func (h *Handler) Cleanup() error {
-	if h.hub == nil {
+	if !h.holdsHub {
 		return nil // Provision failed before it took a hold
 	}
-	h.hub = nil
+	// h.hub stays set: requests of this config may still be in flight, and
+	// the connections they start belong to the hub all the same.
+	h.holdsHub = false
 	return releaseHub()
 }
 
