@@ -8,10 +8,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -26,17 +26,12 @@ type leg struct {
 	side   Side
 	peer   *leg
 	conn   net.Conn
-	raw    syscall.RawConn // set for plain TCP: lazy, pooled reads
-	rbuf   []byte          // otherwise (TLS and other wrappers): a small own buffer
+	rd     lazyread.Reader
 	policy timeout.Policy
 
 	// Reader-owned.
 	scan     scanner
 	deadline time.Time // read deadline currently set
-	readFn   func(fd uintptr) bool
-	rb       *[]byte
-	rn       int
-	rerr     error
 	pingSeq  uint32
 	rearm    bool // a Pong ended the pong deadline: consult the policy again
 
@@ -61,15 +56,7 @@ type leg struct {
 
 func (l *leg) init(c *Conn, side Side, conn net.Conn, p timeout.Policy) {
 	l.c, l.side, l.conn, l.policy = c, side, conn, p
-	if tc, ok := conn.(*net.TCPConn); ok {
-		if raw, err := tc.SyscallConn(); err == nil {
-			l.raw = raw
-			l.readFn = l.readLazy
-		}
-	}
-	if l.raw == nil {
-		l.rbuf = make([]byte, 4096)
-	}
+	l.rd.Init(conn)
 	// Silence counts from the handshake.
 	l.lastRead.Store(1)
 	l.lastWrite.Store(1)
@@ -85,55 +72,6 @@ func (l *leg) at(ns int64) time.Time {
 	return l.c.start.Add(time.Duration(ns))
 }
 
-// readLazy is the RawConn read callback: it borrows a pooled buffer only for
-// the syscall and gives it back when nothing is ready, so a parked reader
-// holds no buffer.
-func (l *leg) readLazy(fd uintptr) bool {
-	bp := getBuf()
-	for {
-		n, err := syscall.Read(int(fd), *bp)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			putBuf(bp)
-			return false
-		}
-		if err != nil {
-			putBuf(bp)
-			l.rb, l.rn, l.rerr = nil, 0, os.NewSyscallError("read", err)
-			return true
-		}
-		l.rb, l.rn, l.rerr = bp, n, nil
-		return true
-	}
-}
-
-// read returns the next bytes from the peer. release must be called with
-// the returned pool slot once the bytes are relayed.
-func (l *leg) read() (b []byte, slot *[]byte, err error) {
-	if l.raw == nil {
-		n, err := l.conn.Read(l.rbuf)
-		if n > 0 {
-			return l.rbuf[:n], nil, nil
-		}
-		return nil, nil, err
-	}
-	if err := l.raw.Read(l.readFn); err != nil {
-		return nil, nil, err
-	}
-	if l.rerr != nil {
-		return nil, nil, l.rerr
-	}
-	if l.rn == 0 {
-		putBuf(l.rb)
-		return nil, nil, errEOF
-	}
-	return (*l.rb)[:l.rn], l.rb, nil
-}
-
-var errEOF = errors.New("EOF")
-
 // run is the reader goroutine of this leg: it relays what the peer sends to
 // the other leg and runs this leg's timeout policy on its read deadline.
 func (l *leg) run(initial []byte) {
@@ -147,7 +85,7 @@ func (l *leg) run(initial []byte) {
 			why = "close grace period over"
 			break
 		}
-		b, slot, err := l.read()
+		b, err := l.rd.Read()
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if l.onDeadline() {
@@ -162,10 +100,8 @@ func (l *leg) run(initial []byte) {
 		l.bytes.Add(int64(len(b)))
 		l.lastRead.Store(l.now())
 		l.scan.relay(l, b)
-		if slot != nil {
-			putBuf(slot)
-		}
 	}
+	l.rd.Release()
 	l.conn.Close()
 	l.c.readerDone(l, why)
 }
