@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
+	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -22,54 +23,35 @@ var pingTag = rand.Uint32()
 // leg is one side of a tunnel: its socket, the reader state of the frames
 // coming from it, and the writer state of the frames going to it.
 type leg struct {
-	c      *Conn
-	side   Side
-	peer   *leg
-	conn   net.Conn
-	rd     lazyread.Reader
-	policy timeout.Policy
+	c    *Conn
+	side Side
+	peer *leg
+	conn net.Conn
+	rd   lazyread.Reader
+	live liveness.Watch
 
 	// Reader-owned.
-	scan     scanner
-	deadline time.Time // read deadline currently set
-	pingSeq  uint32
-	rearm    bool // a Pong ended the pong deadline: consult the policy again
+	scan    scanner
+	pingSeq uint32
 
-	// Shared between the two readers: nanoseconds since the tunnel started.
-	lastRead, lastWrite, lastActive atomic.Int64
-	pingSent                        atomic.Int64 // 0: no Ping outstanding
-	closingAt                       atomic.Int64 // 0: not closing
-	closeRecv                       atomic.Bool  // a Close frame came from the peer
-	bytes, msgs, pings, pongs       atomic.Int64
-	rtt                             atomic.Int64 // last Pong's round trip, ns
+	closeRecv                 atomic.Bool // a Close frame came from the peer
+	bytes, msgs, pings, pongs atomic.Int64
+	rtt                       atomic.Int64 // last Pong's round trip, ns
 
 	// Writer state: what has been written to the peer, guarded by wmu.
 	wmu       sync.Mutex
-	midFrame  bool   // the stream to the peer is inside a frame
-	pending   []byte // gateway frames waiting for a frame boundary
-	pendClose bool   // pending ends with the gateway's Close frame
-	closeSent bool   // a Close frame was relayed or queued to the peer; drop the rest
-	writeDead bool   // a write failed; drop the rest
-	wdeadline time.Time
+	midFrame  bool        // the stream to the peer is inside a frame
+	pending   []byte      // gateway frames waiting for a frame boundary
+	pendClose bool        // pending ends with the gateway's Close frame
+	closeSent bool        // a Close frame was relayed or queued to the peer; drop the rest
+	writeDead bool        // a write failed; drop the rest
 	hasPend   atomic.Bool // hint for the other reader: mark a boundary
 }
 
 func (l *leg) init(c *Conn, side Side, conn net.Conn, p timeout.Policy) {
-	l.c, l.side, l.conn, l.policy = c, side, conn, p
+	l.c, l.side, l.conn = c, side, conn
 	l.rd.Init(conn)
-	// Silence counts from the handshake.
-	l.lastRead.Store(1)
-	l.lastWrite.Store(1)
-	l.lastActive.Store(1)
-}
-
-func (l *leg) now() int64 { return int64(l.c.cfg.Now().Sub(l.c.start)) }
-
-func (l *leg) at(ns int64) time.Time {
-	if ns == 0 {
-		return time.Time{}
-	}
-	return l.c.start.Add(time.Duration(ns))
+	l.live.Init(conn, p, c.start, c.cfg.Now)
 }
 
 // run is the reader goroutine of this leg: it relays what the peer sends to
@@ -81,7 +63,7 @@ func (l *leg) run(initial []byte) {
 	}
 	why := ""
 	for {
-		if l.armDeadline() {
+		if l.live.Arm() {
 			why = "close grace period over"
 			break
 		}
@@ -98,7 +80,7 @@ func (l *leg) run(initial []byte) {
 			break
 		}
 		l.bytes.Add(int64(len(b)))
-		l.lastRead.Store(l.now())
+		l.live.Read()
 		l.scan.relay(l, b)
 	}
 	l.rd.Release()
@@ -106,57 +88,14 @@ func (l *leg) run(initial []byte) {
 	l.c.readerDone(l, why)
 }
 
-// armDeadline sets the read deadline to the next policy wake-up or the end
-// of the close grace period. It reports true when that period is over.
-func (l *leg) armDeadline() bool {
-	for {
-		var d time.Time
-		ca := l.closingAt.Load()
-		switch {
-		case ca != 0:
-			if l.now() >= ca {
-				return true
-			}
-			d = l.at(ca)
-		case !l.deadline.IsZero() && !l.rearm:
-			// Traffic only moves the policy's next event later, so the
-			// deadline already set fires early at worst and is re-armed
-			// then: a busy leg is not re-armed on every read.
-			return false
-		default:
-			l.rearm = false
-			_, d = l.policy.Decide(l.state(), l.c.cfg.Now())
-		}
-		if d.Equal(l.deadline) {
-			return false
-		}
-		l.deadline = d
-		l.conn.SetReadDeadline(d)
-		// startClosing may have set its deadline between the load above and
-		// ours: look again so the grace deadline is never overwritten.
-		if ca != 0 || l.closingAt.Load() == 0 {
-			return false
-		}
-	}
-}
-
-func (l *leg) state() timeout.Leg {
-	return timeout.Leg{
-		LastRead:   l.at(l.lastRead.Load()),
-		LastWrite:  l.at(l.lastWrite.Load()),
-		LastActive: l.at(l.lastActive.Load()),
-		PingSent:   l.at(l.pingSent.Load()),
-	}
-}
-
 // onDeadline runs the policy when the read deadline fires and reports
 // whether the reader should stop.
 func (l *leg) onDeadline() bool {
-	l.deadline = time.Time{} // the fired deadline must be re-armed
-	if l.closingAt.Load() != 0 {
-		return l.now() >= l.closingAt.Load()
+	act, over := l.live.Fired()
+	if l.live.Closing() {
+		return over
 	}
-	switch act, _ := l.policy.Decide(l.state(), l.c.cfg.Now()); act {
+	switch act {
 	case timeout.Ping:
 		l.sendPing()
 	case timeout.CloseIdle:
@@ -172,7 +111,7 @@ func (l *leg) onDeadline() bool {
 			l.c.gatewayClose(frame.CloseInternalError, "backend did not answer ping", frame.CloseGoingAway, "ping timeout")
 		}
 		// The peer is unresponsive: don't wait for its Close.
-		l.startClosing(0)
+		l.live.StartClosing(0)
 	}
 	return false
 }
@@ -183,8 +122,7 @@ func (l *leg) sendPing() {
 	var p [8]byte
 	binary.BigEndian.PutUint32(p[:4], pingTag)
 	binary.BigEndian.PutUint32(p[4:], l.pingSeq)
-	now := l.now()
-	l.pingSent.Store(now)
+	l.live.PingSent()
 	l.pings.Add(1)
 	l.sendControl(l.frame(frame.OpPing, p[:]), false)
 }
@@ -197,10 +135,9 @@ func (l *leg) isOwnPong(p []byte) bool {
 	}
 	l.pongs.Add(1)
 	if binary.BigEndian.Uint32(p[4:]) == l.pingSeq {
-		if sent := l.pingSent.Swap(0); sent != 0 {
-			l.rtt.Store(l.now() - sent)
+		if rtt := l.live.PongReceived(); rtt > 0 {
+			l.rtt.Store(int64(rtt))
 		}
-		l.rearm = true
 	}
 	return true
 }
@@ -293,41 +230,18 @@ func (l *leg) writeLocked(segs net.Buffers) {
 	if len(segs) == 0 || l.writeDead {
 		return
 	}
-	if wt := l.policy.WriteTimeout; wt > 0 {
-		// Re-arming a deadline costs a timer update; do it only when the
-		// current one is more than half used.
-		now := l.c.cfg.Now()
-		if l.wdeadline.Sub(now) < wt/2 {
-			l.wdeadline = now.Add(wt)
-			l.conn.SetWriteDeadline(l.wdeadline)
-		}
-	}
+	l.live.ArmWrite()
 	if _, err := segs.WriteTo(l.conn); err != nil {
 		l.writeDead = true
 		l.pending, l.pendClose = nil, false
 		// Wake this leg's reader: the peer is gone or not reading.
-		l.closingAt.CompareAndSwap(0, l.now()+1)
-		l.conn.SetReadDeadline(time.Unix(1, 0))
+		l.live.StartClosing(0)
 		return
 	}
-	l.lastWrite.Store(l.now())
+	l.live.Wrote()
 }
 
-// startClosing gives the peer grace to finish the closing handshake; then
-// its reader closes the socket.
-func (l *leg) startClosing(grace time.Duration) {
-	at := l.now() + int64(grace)
-	for {
-		cur := l.closingAt.Load()
-		if cur != 0 && cur <= at {
-			return
-		}
-		if l.closingAt.CompareAndSwap(cur, at) {
-			l.conn.SetReadDeadline(l.at(at))
-			return
-		}
-	}
-}
+func (l *leg) startClosing(grace time.Duration) { l.live.StartClosing(grace) }
 
 func (l *leg) sentClose() bool {
 	l.wmu.Lock()

@@ -147,7 +147,7 @@ func (s *scanner) relay(src *leg, b []byte) {
 		boundary = len(s.segs)
 	}
 	if active {
-		src.lastActive.Store(src.now())
+		src.live.Active()
 	}
 	dst.write(s.segs, boundary, s.remain > 0 || s.broken, closeFrame)
 	// Only now may the carry buffer be overwritten: segs pointed into it.

@@ -1,0 +1,163 @@
+// Package liveness runs a leg's idle-timeout policy on the leg's own read
+// deadline, for both relays (tunnel and terminate). It records what happens
+// on the leg (reads, writes, forwarded frames, pings), asks timeout.Policy
+// what to do, and keeps the socket's read deadline on the policy's next
+// event, so the leg needs no timer goroutine: its reader wakes up when
+// there is something to do.
+package liveness
+
+import (
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/timeout"
+)
+
+// Watch is the liveness state of one leg. Times are nanoseconds since the
+// connection started (monotonic); zero means never. Arm and Fired belong to
+// the leg's reader goroutine; the rest may be called from anywhere.
+type Watch struct {
+	Policy timeout.Policy
+	conn   net.Conn
+	start  time.Time
+	now    func() time.Time
+
+	lastRead, lastWrite, lastActive atomic.Int64
+	pingSent                        atomic.Int64
+	closingAt                       atomic.Int64
+
+	deadline  time.Time // reader-owned: the read deadline currently set
+	rearm     bool      // reader-owned: consult the policy at the next Arm
+	wdeadline time.Time // guarded by the leg's write lock
+}
+
+// Init starts watching conn under policy. Silence counts from start.
+func (w *Watch) Init(conn net.Conn, policy timeout.Policy, start time.Time, now func() time.Time) {
+	w.conn, w.Policy, w.start, w.now = conn, policy, start, now
+	w.lastRead.Store(1)
+	w.lastWrite.Store(1)
+	w.lastActive.Store(1)
+}
+
+// Now returns the time on the connection's clock.
+func (w *Watch) Now() int64 { return int64(w.now().Sub(w.start)) }
+
+func (w *Watch) at(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return w.start.Add(time.Duration(ns))
+}
+
+// Read records bytes read from the peer.
+func (w *Watch) Read() { w.lastRead.Store(w.Now()) }
+
+// Wrote records bytes written to the peer.
+func (w *Watch) Wrote() { w.lastWrite.Store(w.Now()) }
+
+// Active records a frame from the peer that counts against IdleTimeout.
+func (w *Watch) Active() { w.lastActive.Store(w.Now()) }
+
+// PingSent records the gateway's keepalive Ping.
+func (w *Watch) PingSent() { w.pingSent.Store(w.Now()) }
+
+// PongReceived records the answer to the outstanding Ping and returns its
+// round trip (0 if none was outstanding).
+func (w *Watch) PongReceived() time.Duration {
+	sent := w.pingSent.Swap(0)
+	w.rearm = true // the pong deadline is gone; the next ping may be sooner
+	if sent == 0 {
+		return 0
+	}
+	return time.Duration(w.Now() - sent)
+}
+
+// Closing reports whether the leg is in its close grace period.
+func (w *Watch) Closing() bool { return w.closingAt.Load() != 0 }
+
+// StartClosing gives the peer until grace from now to finish closing; an
+// earlier end already set stays.
+func (w *Watch) StartClosing(grace time.Duration) {
+	at := w.Now() + int64(grace)
+	for {
+		cur := w.closingAt.Load()
+		if cur != 0 && cur <= at {
+			return
+		}
+		if w.closingAt.CompareAndSwap(cur, at) {
+			w.conn.SetReadDeadline(w.at(at))
+			return
+		}
+	}
+}
+
+// Arm sets the read deadline to the next policy event or the end of the
+// close grace period, and reports true when that period is over.
+func (w *Watch) Arm() bool {
+	for {
+		var d time.Time
+		ca := w.closingAt.Load()
+		switch {
+		case ca != 0:
+			if w.Now() >= ca {
+				return true
+			}
+			d = w.at(ca)
+		case !w.deadline.IsZero() && !w.rearm:
+			// Traffic only moves the policy's next event later, so the
+			// deadline already set fires early at worst and is re-armed
+			// then: a busy leg is not re-armed on every read.
+			return false
+		default:
+			w.rearm = false
+			_, d = w.Policy.Decide(w.state(), w.now())
+		}
+		if d.Equal(w.deadline) {
+			return false
+		}
+		w.deadline = d
+		w.conn.SetReadDeadline(d)
+		// StartClosing may have set its deadline between the load above
+		// and ours: look again so the grace deadline is never overwritten.
+		if ca != 0 || w.closingAt.Load() == 0 {
+			return false
+		}
+	}
+}
+
+// Fired is called when the read deadline passed. It returns what the
+// policy asks for; Closing (and an action of None) with over set means the
+// close grace period is over.
+func (w *Watch) Fired() (act timeout.Action, over bool) {
+	w.deadline = time.Time{} // a fired deadline must be re-armed
+	if ca := w.closingAt.Load(); ca != 0 {
+		return timeout.None, w.Now() >= ca
+	}
+	act, _ = w.Policy.Decide(w.state(), w.now())
+	return act, false
+}
+
+func (w *Watch) state() timeout.Leg {
+	return timeout.Leg{
+		LastRead:   w.at(w.lastRead.Load()),
+		LastWrite:  w.at(w.lastWrite.Load()),
+		LastActive: w.at(w.lastActive.Load()),
+		PingSent:   w.at(w.pingSent.Load()),
+	}
+}
+
+// ArmWrite puts a write deadline WriteTimeout ahead before a write. Moving
+// a deadline costs a timer update, so it moves only once more than half of
+// it is used. The caller holds the leg's write lock.
+func (w *Watch) ArmWrite() {
+	wt := w.Policy.WriteTimeout
+	if wt <= 0 {
+		return
+	}
+	now := w.now()
+	if w.wdeadline.Sub(now) < wt/2 {
+		w.wdeadline = now.Add(wt)
+		w.conn.SetWriteDeadline(w.wdeadline)
+	}
+}
