@@ -108,11 +108,10 @@ var hopHeaders = []string{
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// backendRequest writes the upgrade request for the backend: the client's
-// request line and headers, less hop-by-hop headers, with X-Forwarded-*
-// set. The Sec-WebSocket-* headers pass unchanged, so the key, subprotocols
-// and extensions are negotiated end to end.
-func backendRequest(r *http.Request) []byte {
+// forwardHeaders returns the headers of the backend's upgrade request: the
+// client's, less hop-by-hop headers, with X-Forwarded-* set. The
+// Sec-WebSocket-* headers are kept; the caller changes what its mode needs.
+func forwardHeaders(r *http.Request) http.Header {
 	hdr := r.Header.Clone()
 	for _, c := range r.Header.Values("Connection") {
 		for _, f := range strings.Split(c, ",") {
@@ -149,16 +148,34 @@ func backendRequest(r *http.Request) []byte {
 	if !trusted || hdr.Get("X-Forwarded-Host") == "" {
 		hdr.Set("X-Forwarded-Host", r.Host)
 	}
+	return hdr
+}
 
-	var b bytes.Buffer
-	uri := r.RequestURI
+// requestTarget is the request line's target and Host for the backend: the
+// client's own, so the backend sees the path and query it was asked for.
+func requestTarget(r *http.Request) (uri, host string) {
+	uri = r.RequestURI
 	if uri == "" || strings.Contains(uri, "://") {
 		uri = r.URL.RequestURI()
 	}
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", uri, r.Host)
+	return uri, r.Host
+}
+
+// writeRequest renders an upgrade request.
+func writeRequest(uri, host string, hdr http.Header) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", uri, host)
 	hdr.Write(&b)
 	b.WriteString("\r\n")
 	return b.Bytes()
+}
+
+// backendRequest is the tunnel's upgrade request for the backend: the
+// client's handshake, so the key, subprotocol and extensions are
+// negotiated end to end.
+func backendRequest(r *http.Request) []byte {
+	uri, host := requestTarget(r)
+	return writeRequest(uri, host, forwardHeaders(r))
 }
 
 // handshake sends the upgrade request on conn and reads the backend's

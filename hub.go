@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
 )
 
 // hubs holds the one connection hub of the process. It lives in a
@@ -27,10 +26,16 @@ type hub struct {
 	conns map[string]*live
 }
 
+// relay is a running connection of either mode.
+type relay interface {
+	Close(code int, reason string)
+}
+
 // live is a connection the hub owns.
 type live struct {
 	id       string
-	tunnel   *tunnel.Conn
+	mode     string
+	relay    relay
 	upstream string
 	path     string
 	remote   string
@@ -80,7 +85,7 @@ func (h *hub) Destruct() error {
 	}
 	h.mu.Unlock()
 	for _, c := range all {
-		c.tunnel.Close(frame.CloseGoingAway, "server shutting down")
+		c.relay.Close(frame.CloseGoingAway, "server shutting down")
 	}
 	return nil
 }

@@ -61,7 +61,31 @@ type Handler struct {
 
 	// Mode is how connections are relayed. "tunnel" (the default) forwards
 	// frames verbatim in both directions, parsing only frame headers.
+	// "terminate" completes the WebSocket handshake with the client itself
+	// and relays messages to the backend over a connection of its own:
+	// every client frame is validated, permessage-deflate is spoken on the
+	// client leg only, and the backend may restart under a connected
+	// client (see Side.OnClose).
 	Mode string `json:"mode,omitempty"`
+
+	// MaxMessageSize is the largest message, after decompression, that
+	// either side may send in terminate mode; a larger one is refused with
+	// Close 1009 as soon as its header says so, before it is buffered.
+	// Default 1 MiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// Compression turns permessage-deflate on the client leg "on" (the
+	// default) or "off" in terminate mode. It is negotiated with the client
+	// alone (the backend speaks plain frames) and runs without context
+	// takeover, so idle connections hold no compression state.
+	Compression string `json:"compression,omitempty"`
+
+	// Subprotocols, in terminate mode, lists the subprotocols the route
+	// requires: a client that offers none of them gets 400. The client's
+	// offer goes to the backend; the client is answered with the backend's
+	// choice, or with the first listed one the client offered when the
+	// backend chooses none. Without it, the backend's choice is passed on.
+	Subprotocols []string `json:"subprotocols,omitempty"`
 
 	// LBPolicy picks the first backend to try: "first" (default) always
 	// starts with the first in To, "round_robin" rotates through them.
@@ -120,6 +144,26 @@ type Side struct {
 	// progress for this long: a peer that stops reading cannot pin the
 	// other side's data in the gateway. "off" disables. Default 30s.
 	WriteTimeout Timeout `json:"write_timeout,omitempty"`
+
+	// OnClose (backend side, terminate mode) is what happens when the
+	// backend connection drops without the client asking (it vanished,
+	// restarted with 1001/1012, stopped answering pings): "close" (the
+	// default) closes the client too; "reconnect" keeps the client and
+	// re-dials any upstream with backoff, holding the client's messages
+	// meanwhile and delivering them in order.
+	OnClose string `json:"on_close,omitempty"`
+
+	// ReconnectAttempts bounds the re-dials after one drop. Default 0: no
+	// bound but ReconnectWindow.
+	ReconnectAttempts int `json:"reconnect_attempts,omitempty"`
+
+	// ReconnectWindow bounds the time one drop may take to recover; then
+	// the client gets Close 1011. Default 10s.
+	ReconnectWindow caddy.Duration `json:"reconnect_window,omitempty"`
+
+	// ReconnectBuffer bounds the bytes of client messages held while the
+	// backend is away; past it the client gets Close 1011. Default 1 MiB.
+	ReconnectBuffer int64 `json:"reconnect_buffer,omitempty"`
 }
 
 func (s *Side) policy() timeout.Policy {
@@ -174,10 +218,32 @@ func (h *Handler) Validate() error {
 	}
 	switch h.Mode {
 	case "", "tunnel":
+		switch {
+		case h.MaxMessageSize != 0, h.Compression != "", len(h.Subprotocols) > 0,
+			h.Client != nil && h.Client.OnClose != "", h.Backend != nil && h.Backend.OnClose != "":
+			return fmt.Errorf("websocket: max_message_size, compression, subprotocols and on_close need mode terminate (a tunnel relays frames as they are)")
+		}
 	case "terminate":
-		return fmt.Errorf("websocket: mode terminate is not available in this version; use tunnel")
 	default:
-		return fmt.Errorf("websocket: unknown mode %q (want tunnel)", h.Mode)
+		return fmt.Errorf("websocket: unknown mode %q (want tunnel or terminate)", h.Mode)
+	}
+	switch h.Compression {
+	case "", "on", "off":
+	default:
+		return fmt.Errorf("websocket: compression %q: want on or off", h.Compression)
+	}
+	if h.Client != nil && h.Client.OnClose != "" {
+		return fmt.Errorf("websocket: on_close belongs in the backend block")
+	}
+	if h.Backend != nil {
+		switch h.Backend.OnClose {
+		case "", "close", "reconnect":
+		default:
+			return fmt.Errorf("websocket: on_close %q: want close or reconnect", h.Backend.OnClose)
+		}
+	}
+	if h.MaxMessageSize < 0 {
+		return fmt.Errorf("websocket: max_message_size must be positive")
 	}
 	switch h.LBPolicy {
 	case "", "first", "round_robin":
@@ -250,11 +316,14 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Erro
 //
 //	websocket [<matcher>] [<upstreams...>] {
 //	    to <upstreams...>
-//	    mode tunnel
+//	    mode tunnel|terminate
 //	    lb_policy first|round_robin
 //	    dial_timeout <duration>
 //	    handshake_timeout <duration>
 //	    origins <origins...>
+//	    max_message_size <size>
+//	    compression on|off
+//	    subprotocols <names...>
 //	    client {
 //	        keepalive <interval>|off
 //	        pong_timeout <duration>
@@ -266,9 +335,15 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Erro
 //	        pong_timeout <duration>
 //	        idle_timeout <duration>|off
 //	        write_timeout <duration>|off
+//	        on_close close|reconnect
+//	        reconnect_attempts <n>
+//	        reconnect_window <duration>
+//	        reconnect_buffer <size>
 //	    }
 //	}
 //
+// max_message_size, compression, subprotocols and the on_close/reconnect
+// options apply in mode terminate.
 // Upstreams may be given on the directive line, with to, or both.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	cfg, err := wscaddyfile.Parse(d)

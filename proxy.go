@@ -2,108 +2,108 @@ package websocket
 
 import (
 	"bufio"
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
 	"github.com/caddy-websocket/caddy-websocket/upgrade"
 )
 
 // proxy takes a validated upgrade request through the data path: dial a
 // backend, hand it the upgrade, check its answer, answer the client, and
-// hand both connections to a tunnel. It returns as soon as the tunnel runs;
-// the handler goroutine is not kept for the connection's life.
+// hand both connections to a relay (a tunnel, or a terminated pair). It
+// returns as soon as the relay runs; the handler goroutine is not kept for
+// the connection's life.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
-	backend, up, derr := h.dial(r.Context())
-	if derr != nil {
-		h.refuse(w, r, derr)
+	if h.Mode == "terminate" {
+		h.terminate(w, r)
 		return
+	}
+	key := r.Header.Get("Sec-WebSocket-Key")
+	backend, up, res, br, ok := h.openBackend(w, r, backendRequest(r), key)
+	if !ok {
+		return
+	}
+	// The backend's 101 goes to the client as it came (subprotocol,
+	// extensions, cookies): the handshake is end to end.
+	for k, v := range res.Header {
+		w.Header()[k] = v
+	}
+	client, fromClient, ok := h.hijack(w, r, backend)
+	if !ok {
+		return
+	}
+	h.startTunnel(r, client, backend, up, res, fromClient, buffered(br))
+}
+
+// openBackend dials a backend, sends it req and checks its answer to the
+// handshake that carried key. When it returns ok false, the client has been
+// answered (a refusal, or the backend's own non-101 answer).
+func (h *Handler) openBackend(w http.ResponseWriter, r *http.Request, req []byte, key string) (net.Conn, upstream, *http.Response, *bufio.Reader, bool) {
+	backend, up, res, br, err := h.connect(r.Context(), req, key)
+	switch {
+	case err != nil:
+		h.backendFailed(w, r, up, err)
+		return nil, up, nil, nil, false
+	case res.StatusCode != http.StatusSwitchingProtocols:
+		h.passThrough(w, r, up, res)
+		backend.Close()
+		return nil, up, nil, nil, false
+	}
+	return backend, up, res, br, true
+}
+
+// connect dials a backend and completes a WebSocket handshake with it.
+// A non-101 answer is returned with a nil error for the caller to relay.
+func (h *Handler) connect(ctx context.Context, req []byte, key string) (net.Conn, upstream, *http.Response, *bufio.Reader, *upgrade.Error) {
+	backend, up, derr := h.dial(ctx)
+	if derr != nil {
+		return nil, up, nil, nil, derr
 	}
 	hsTimeout := time.Duration(h.HandshakeTimeout)
 	if hsTimeout <= 0 {
 		hsTimeout = DefaultHandshakeTimeout
 	}
-	res, br, herr := handshake(backend, backendRequest(r), hsTimeout)
+	res, br, herr := handshake(backend, req, hsTimeout)
 	if herr != nil {
 		backend.Close()
-		h.backendFailed(w, r, up, herr)
-		return
+		return nil, up, nil, nil, herr
 	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
-		h.passThrough(w, r, up, res)
-		backend.Close()
-		return
+		return backend, up, res, br, nil
 	}
-	if err := upgrade.CheckResponse(res, r.Header.Get("Sec-WebSocket-Key")); err != nil {
+	if err := upgrade.CheckResponse(res, key); err != nil {
 		backend.Close()
-		h.backendFailed(w, r, up, err)
-		return
+		return nil, up, nil, nil, err
 	}
-	fromBackend := buffered(br)
+	return backend, up, res, br, nil
+}
 
-	// The backend's 101 goes to the client as it came (subprotocol,
-	// extensions, cookies). Writing the status through the ResponseWriter
-	// lets Caddy's access log record 101; Hijack flushes it.
-	hdr := w.Header()
-	for k, v := range res.Header {
-		hdr[k] = v
-	}
+// hijack answers the client with 101 and the headers already set on w, and
+// takes over its connection. Writing the status through the ResponseWriter
+// lets Caddy's access log record 101; Hijack flushes it.
+func (h *Handler) hijack(w http.ResponseWriter, r *http.Request, backend net.Conn) (net.Conn, []byte, bool) {
 	w.WriteHeader(http.StatusSwitchingProtocols)
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		backend.Close()
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
-		return
+		return nil, nil, false
 	}
 	if err := brw.Flush(); err != nil {
 		backend.Close()
 		client.Close()
 		h.logger.Info("websocket client gone before the 101 was sent", zap.Error(err))
-		return
+		return nil, nil, false
 	}
 	// The HTTP server's read and write deadlines would otherwise stay on the
 	// socket and cut the connection off.
 	client.SetDeadline(time.Time{})
-	fromClient := buffered(brw.Reader)
-
-	c := &live{upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, start: time.Now()}
-	logger := h.logger
-	hub := h.hub
-	c.tunnel = tunnel.New(client, backend, tunnel.Config{
-		Client:  h.policy[tunnel.Client],
-		Backend: h.policy[tunnel.Backend],
-		OnClose: func(s tunnel.Summary) {
-			hub.remove(c.id)
-			logger.Info("websocket closed",
-				zap.String("id", c.id),
-				zap.String("closer", s.Closer),
-				zap.Int("code", s.Code),
-				zap.String("reason", s.Reason),
-				zap.Duration("duration", s.End.Sub(s.Start)),
-				zap.Int64("bytes_from_client", s.Bytes[tunnel.Client]),
-				zap.Int64("bytes_from_backend", s.Bytes[tunnel.Backend]),
-				zap.Int64("messages_from_client", s.Messages[tunnel.Client]),
-				zap.Int64("messages_from_backend", s.Messages[tunnel.Backend]),
-				zap.Int64("pings_to_client", s.Pings[tunnel.Client]),
-				zap.Int64("pings_to_backend", s.Pings[tunnel.Backend]),
-				zap.Int64("pongs_from_client", s.Pongs[tunnel.Client]),
-				zap.Int64("pongs_from_backend", s.Pongs[tunnel.Backend]),
-				zap.Duration("rtt_client", s.RTT[tunnel.Client]),
-				zap.Duration("rtt_backend", s.RTT[tunnel.Backend]))
-		},
-	})
-	hub.add(c)
-	logger.Info("websocket connected",
-		zap.String("id", c.id),
-		zap.String("remote", c.remote),
-		zap.String("path", c.path),
-		zap.String("upstream", c.upstream),
-		zap.String("subprotocol", res.Header.Get("Sec-WebSocket-Protocol")),
-		zap.String("extensions", res.Header.Get("Sec-WebSocket-Extensions")))
-	c.tunnel.Start(fromClient, fromBackend)
+	return client, buffered(brw.Reader), true
 }
 
 // buffered returns a copy of what br has read past the handshake, so the

@@ -5,7 +5,10 @@
 package caddyfile
 
 import (
+	"strconv"
 	"strings"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -48,6 +51,24 @@ func Parse(d *caddyfile.Dispenser) (map[string]any, error) {
 				return nil, err
 			}
 			cfg[opt] = v
+		case "max_message_size":
+			v, err := size(d)
+			if err != nil {
+				return nil, err
+			}
+			cfg[opt] = v
+		case "compression":
+			v, err := oneOf(d, "on", "off")
+			if err != nil {
+				return nil, err
+			}
+			cfg[opt] = v
+		case "subprotocols":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			cfg[opt] = append(stringList(cfg[opt]), args...)
 		case "origins":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -91,6 +112,26 @@ func parseSide(d *caddyfile.Dispenser, name string) (map[string]any, error) {
 				return nil, err
 			}
 			side[opt] = v
+		case "on_close", "reconnect_attempts", "reconnect_window", "reconnect_buffer":
+			if name != "backend" {
+				return nil, d.Errf("%s belongs in the backend block", opt)
+			}
+			var v any
+			var err error
+			switch opt {
+			case "on_close":
+				v, err = oneOf(d, "close", "reconnect")
+			case "reconnect_attempts":
+				v, err = count(d)
+			case "reconnect_window":
+				v, err = duration(d, false)
+			case "reconnect_buffer":
+				v, err = size(d)
+			}
+			if err != nil {
+				return nil, err
+			}
+			side[opt] = v
 		default:
 			return nil, d.Errf("unrecognized option %q in websocket %s block", opt, name)
 		}
@@ -101,12 +142,9 @@ func parseSide(d *caddyfile.Dispenser, name string) (map[string]any, error) {
 // duration reads exactly one duration argument, or "off" when allowed.
 func duration(d *caddyfile.Dispenser, offOK bool) (string, error) {
 	opt := d.Val()
-	if !d.NextArg() {
-		return "", d.ArgErr()
-	}
-	v := d.Val()
-	if d.NextArg() {
-		return "", d.Errf("%s takes one value, got another: %q", opt, d.Val())
+	v, err := oneArg(d)
+	if err != nil {
+		return "", err
 	}
 	if offOK && v == "off" {
 		return v, nil
@@ -124,7 +162,35 @@ func duration(d *caddyfile.Dispenser, offOK bool) (string, error) {
 	return v, nil
 }
 
-func oneOf(d *caddyfile.Dispenser, choices ...string) (string, error) {
+// size reads one size argument ("1MiB", "64KB", "1000") as bytes.
+func size(d *caddyfile.Dispenser) (int64, error) {
+	opt := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n == 0 || n > 1<<40 {
+		return 0, d.Errf("%s: bad size %q (want e.g. 1MiB, 64KB)", opt, v)
+	}
+	return int64(n), nil
+}
+
+// count reads one positive whole number.
+func count(d *caddyfile.Dispenser) (int, error) {
+	opt := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("%s: bad count %q (want a positive whole number)", opt, v)
+	}
+	return n, nil
+}
+
+func oneArg(d *caddyfile.Dispenser) (string, error) {
 	opt := d.Val()
 	if !d.NextArg() {
 		return "", d.ArgErr()
@@ -132,6 +198,15 @@ func oneOf(d *caddyfile.Dispenser, choices ...string) (string, error) {
 	v := d.Val()
 	if d.NextArg() {
 		return "", d.Errf("%s takes one value, got another: %q", opt, d.Val())
+	}
+	return v, nil
+}
+
+func oneOf(d *caddyfile.Dispenser, choices ...string) (string, error) {
+	opt := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return "", err
 	}
 	for _, c := range choices {
 		if v == c {

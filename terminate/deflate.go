@@ -15,14 +15,14 @@ import (
 // on its own, so an idle connection holds no flate state, and the
 // compressor and decompressor are borrowed from pools per message.
 
-// deflateResponse is the extension the gateway answers with when the client
+// DeflateResponse is the extension the gateway answers with when the client
 // offers permessage-deflate: it always asks for no context takeover both
 // ways, whatever the offer's parameters (window sizes only constrain the
 // compressor, and 32 KiB windows are what every inflater accepts).
-const deflateResponse = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+const DeflateResponse = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 
-// offersDeflate reports whether the client offered permessage-deflate.
-func offersDeflate(h http.Header) bool {
+// OffersDeflate reports whether the client offered permessage-deflate.
+func OffersDeflate(h http.Header) bool {
 	for _, v := range h.Values("Sec-WebSocket-Extensions") {
 		for _, ext := range strings.Split(v, ",") {
 			name, _, _ := strings.Cut(ext, ";")

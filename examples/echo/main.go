@@ -1,5 +1,5 @@
 // Command echo is a WebSocket echo server on gorilla/websocket, with
-// permessage-deflate: the backend for the Autobahn|Testsuite runs and the
+// permessage-deflate and UTF-8 checks: the backend for the Autobahn|Testsuite runs and the
 // benchmarks. Every message comes back with the type it came with.
 //
 //	echo -addr 127.0.0.1:9001
@@ -9,6 +9,8 @@ import (
 	"flag"
 	"log"
 	"net/http"
+	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -31,6 +33,11 @@ func main() {
 		for {
 			typ, msg, err := c.ReadMessage()
 			if err != nil {
+				return
+			}
+			if typ == websocket.TextMessage && !utf8.Valid(msg) {
+				// gorilla leaves UTF-8 to the application.
+				c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInvalidFramePayloadData, "invalid UTF-8"), time.Now().Add(time.Second))
 				return
 			}
 			if err := c.WriteMessage(typ, msg); err != nil {

@@ -1,0 +1,87 @@
+package websocket
+
+import (
+	"net"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/terminate"
+	"github.com/caddy-websocket/caddy-websocket/tunnel"
+)
+
+// startTunnel hands an upgraded pair to a tunnel owned by the hub.
+func (h *Handler) startTunnel(r *http.Request, client, backend net.Conn, up upstream, res *http.Response, fromClient, fromBackend []byte) {
+	c := h.newLive(r, up, "tunnel")
+	t := tunnel.New(client, backend, tunnel.Config{
+		Client:  h.policy[tunnel.Client],
+		Backend: h.policy[tunnel.Backend],
+		OnClose: func(s tunnel.Summary) { h.closed(c, s, 0) },
+	})
+	c.relay = t
+	h.opened(c, res.Header.Get("Sec-WebSocket-Protocol"), res.Header.Get("Sec-WebSocket-Extensions"))
+	t.Start(fromClient, fromBackend)
+}
+
+// startTerminate hands an upgraded pair to a terminated relay owned by the
+// hub.
+func (h *Handler) startTerminate(r *http.Request, client, backend net.Conn, up upstream, cfg terminate.Config, subprotocol string, fromClient, fromBackend []byte) {
+	c := h.newLive(r, up, "terminate")
+	cfg.OnClose = func(s terminate.Summary) { h.closed(c, s.Summary, s.Reconnects) }
+	cfg.OnReconnect = func(attempt int, err error) {
+		if err != nil {
+			h.logger.Warn("websocket backend reconnect failed", zap.String("id", c.id), zap.Int("attempt", attempt), zap.Error(err))
+			return
+		}
+		h.logger.Info("websocket backend reconnected", zap.String("id", c.id), zap.Int("attempt", attempt))
+	}
+	t := terminate.New(client, backend, cfg)
+	c.relay = t
+	compression := ""
+	if cfg.Deflate {
+		compression = "permessage-deflate"
+	}
+	h.opened(c, subprotocol, compression)
+	t.Start(fromClient, fromBackend)
+}
+
+func (h *Handler) newLive(r *http.Request, up upstream, mode string) *live {
+	return &live{mode: mode, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, start: time.Now()}
+}
+
+// opened registers a connection with the hub and logs it.
+func (h *Handler) opened(c *live, subprotocol, extensions string) {
+	h.hub.add(c)
+	h.logger.Info("websocket connected",
+		zap.String("id", c.id),
+		zap.String("mode", c.mode),
+		zap.String("remote", c.remote),
+		zap.String("path", c.path),
+		zap.String("upstream", c.upstream),
+		zap.String("subprotocol", subprotocol),
+		zap.String("extensions", extensions))
+}
+
+// closed unregisters a finished connection and logs it, once.
+func (h *Handler) closed(c *live, s tunnel.Summary, reconnects int) {
+	h.hub.remove(c.id)
+	h.logger.Info("websocket closed",
+		zap.String("id", c.id),
+		zap.String("mode", c.mode),
+		zap.String("closer", s.Closer),
+		zap.Int("code", s.Code),
+		zap.String("reason", s.Reason),
+		zap.Duration("duration", s.End.Sub(s.Start)),
+		zap.Int64("bytes_from_client", s.Bytes[tunnel.Client]),
+		zap.Int64("bytes_from_backend", s.Bytes[tunnel.Backend]),
+		zap.Int64("messages_from_client", s.Messages[tunnel.Client]),
+		zap.Int64("messages_from_backend", s.Messages[tunnel.Backend]),
+		zap.Int64("pings_to_client", s.Pings[tunnel.Client]),
+		zap.Int64("pings_to_backend", s.Pings[tunnel.Backend]),
+		zap.Int64("pongs_from_client", s.Pongs[tunnel.Client]),
+		zap.Int64("pongs_from_backend", s.Pongs[tunnel.Backend]),
+		zap.Duration("rtt_client", s.RTT[tunnel.Client]),
+		zap.Duration("rtt_backend", s.RTT[tunnel.Backend]),
+		zap.Int("reconnects", reconnects))
+}

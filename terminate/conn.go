@@ -1,0 +1,396 @@
+// Package terminate relays WebSocket messages between a client and a backend
+// over two separate WebSocket connections that the gateway terminates. The
+// client leg is a complete, validating RFC 6455 server endpoint (with
+// permessage-deflate when the client offers it); the backend leg is the
+// gateway's own plain client connection. Because the legs are separate, the
+// gateway can protect a legacy backend from bad frames, speak compression
+// the backend can't, and hide backend restarts from the client by
+// re-dialling while it holds the client's messages.
+//
+// Messages are relayed one at a time: each direction holds at most the
+// message it is writing, and a peer that does not read for WriteTimeout is
+// dropped, so memory stays bounded whatever the peers do.
+package terminate
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/tunnel"
+)
+
+// Config is how a terminated connection behaves.
+type Config struct {
+	// Client and Backend are the idle-timeout policies of each leg.
+	Client, Backend timeout.Policy
+	// MaxMessageSize is the largest message accepted from either side,
+	// after decompression; a larger one is refused with 1009 while it is
+	// being read. Default 1 MiB.
+	MaxMessageSize int64
+	// Deflate is set when permessage-deflate was negotiated with the client.
+	Deflate bool
+	// CloseGrace is how long a side that was sent a Close frame may take to
+	// answer. Default 5s.
+	CloseGrace time.Duration
+	// Reconnect keeps the client when the backend connection drops and
+	// re-dials with Redial.
+	Reconnect bool
+	// ReconnectAttempts bounds the re-dials of one gap (0: no bound).
+	ReconnectAttempts int
+	// ReconnectWindow bounds the time of one gap. Default 10s.
+	ReconnectWindow time.Duration
+	// ReconnectBuffer bounds the bytes of client messages held during a
+	// gap; past it the client is closed with 1011. Default 1 MiB.
+	ReconnectBuffer int64
+	// Redial dials a backend and completes a WebSocket handshake with it,
+	// returning the connection and any bytes read past the handshake.
+	Redial func(ctx context.Context) (net.Conn, []byte, error)
+	// OnReconnect, if set, is told of every re-dial attempt and its result.
+	OnReconnect func(attempt int, err error)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// OnClose, if set, is called once when the connection is over.
+	OnClose func(Summary)
+}
+
+// Summary describes a finished connection: the tunnel's summary and the
+// number of backend reconnects.
+type Summary struct {
+	tunnel.Summary
+	Reconnects int
+}
+
+// queued is a client message held during a reconnect gap.
+type queued struct {
+	op frame.Opcode
+	p  []byte
+}
+
+// Conn is one terminated connection.
+type Conn struct {
+	cfg    Config
+	start  time.Time
+	client *endpoint
+
+	mu         sync.Mutex
+	backend    *endpoint // nil during a reconnect gap
+	gap        bool
+	queue      []queued
+	queuedSize int64
+	done       bool // ending: no more reconnects, messages are dropped
+	redialing  bool
+	running    int // endpoints whose readers run
+	reconnects int
+	recorded     bool
+	sum        tunnel.Summary
+	finished   bool
+	stats      [2]*endpoint // the client and the latest backend, for counters
+	backendOld [4]int64     // counters of replaced backends: bytes, msgs, pings, pongs
+}
+
+// New returns a terminated connection between an upgraded client connection
+// and an upgraded backend connection. Nothing moves until Start.
+func New(client, backend net.Conn, cfg Config) *Conn {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.CloseGrace <= 0 {
+		cfg.CloseGrace = 5 * time.Second
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = 1 << 20
+	}
+	if cfg.ReconnectWindow <= 0 {
+		cfg.ReconnectWindow = 10 * time.Second
+	}
+	if cfg.ReconnectBuffer <= 0 {
+		cfg.ReconnectBuffer = 1 << 20
+	}
+	c := &Conn{cfg: cfg, start: cfg.Now()}
+	c.client = newEndpoint(c, "client", client, true, cfg.Deflate, cfg.Client)
+	c.backend = newEndpoint(c, "backend", backend, false, false, cfg.Backend)
+	c.stats = [2]*endpoint{c.client, c.backend}
+	return c
+}
+
+// Start relays in two goroutines and returns at once; fromClient and
+// fromBackend are bytes read past the handshakes.
+func (c *Conn) Start(fromClient, fromBackend []byte) {
+	c.running = 2
+	go c.client.run(fromClient)
+	go c.backend.run(fromBackend)
+}
+
+// Close ends the connection from the gateway: both sides get Close with
+// code and reason.
+func (c *Conn) Close(code int, reason string) {
+	c.mu.Lock()
+	c.done = true
+	c.record("gateway", code, reason)
+	b := c.backend
+	c.mu.Unlock()
+	c.client.close(code, reason)
+	if b != nil {
+		b.close(code, reason)
+	}
+}
+
+// record notes the first closer; the caller holds c.mu.
+func (c *Conn) record(closer string, code int, reason string) {
+	if !c.recorded {
+		c.recorded = true
+		c.sum.Closer, c.sum.Code, c.sum.Reason = closer, code, reason
+	}
+}
+
+// message relays a complete message from e to the other side.
+func (c *Conn) message(e *endpoint, op frame.Opcode, p []byte) {
+	if e != c.client {
+		c.client.writeMessage(op, p)
+		return
+	}
+	c.mu.Lock()
+	b := c.backend
+	if b == nil {
+		c.hold(op, p)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	if !b.writeMessage(op, p) {
+		// The backend is going; with reconnect on, the message waits for
+		// the next one instead of being lost.
+		c.mu.Lock()
+		if c.cfg.Reconnect && !c.done {
+			c.hold(op, p)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// hold queues a client message during a reconnect gap; the caller holds
+// c.mu.
+func (c *Conn) hold(op frame.Opcode, p []byte) {
+	if c.done {
+		return
+	}
+	if c.queuedSize+int64(len(p)) > c.cfg.ReconnectBuffer {
+		c.done = true
+		c.record("gateway", frame.CloseInternalError, "reconnect buffer full")
+		go c.client.close(frame.CloseInternalError, "backend unavailable and reconnect buffer full")
+		return
+	}
+	c.queue = append(c.queue, queued{op, append([]byte(nil), p...)})
+	c.queuedSize += int64(len(p))
+}
+
+// ended is told, once per endpoint, how its session ended.
+func (c *Conn) ended(e *endpoint, how ending) {
+	c.mu.Lock()
+	if e == c.client {
+		c.done = true
+		closer := "client"
+		if !how.byPeer && how.code != frame.CloseAbnormal {
+			closer = "gateway"
+		}
+		c.record(closer, how.code, how.reason)
+		b := c.backend
+		c.mu.Unlock()
+		if b != nil {
+			code, reason := forBackend(how)
+			b.close(code, reason)
+		}
+		return
+	}
+	if e != c.backend || c.done {
+		c.mu.Unlock()
+		return // a replaced backend, or the end is already under way
+	}
+	if c.cfg.Reconnect && c.cfg.Redial != nil && reconnectable(how) {
+		c.backend = nil
+		c.gap = true
+		c.redialing = true
+		c.mu.Unlock()
+		e.close(frame.CloseGoingAway, "reconnecting")
+		go c.redial()
+		return
+	}
+	c.done = true
+	closer := "backend"
+	if !how.byPeer && how.code != frame.CloseAbnormal {
+		closer = "gateway"
+	}
+	c.record(closer, how.code, how.reason)
+	c.mu.Unlock()
+	code, reason := forClient(how)
+	c.client.close(code, reason)
+}
+
+// reconnectable reports whether a backend's end is one to hide from the
+// client: it vanished, restarted or stopped answering, rather than closed
+// the session on purpose.
+func reconnectable(how ending) bool {
+	if !how.byPeer {
+		return how.code == frame.CloseAbnormal || how.code == frame.CloseGoingAway
+	}
+	switch how.code {
+	case frame.CloseGoingAway, frame.CloseAbnormal, frame.CloseInternalError,
+		frame.CloseServiceRestart, frame.CloseTryAgainLater, frame.CloseBadGateway:
+		return true
+	}
+	return false
+}
+
+// forBackend is the Close the backend gets when the client's session ended.
+func forBackend(how ending) (int, string) {
+	switch {
+	case how.byPeer && how.code == frame.CloseNoStatus:
+		return frame.CloseNormal, ""
+	case how.byPeer:
+		return how.code, how.reason
+	case how.code == frame.CloseAbnormal:
+		return frame.CloseGoingAway, "client went away"
+	}
+	return frame.CloseGoingAway, how.reason
+}
+
+// forClient is the Close the client gets when the backend's session ended
+// for good.
+func forClient(how ending) (int, string) {
+	switch {
+	case how.byPeer && how.code == frame.CloseNoStatus:
+		return frame.CloseNormal, ""
+	case how.byPeer:
+		return how.code, how.reason
+	case how.code == frame.CloseAbnormal:
+		return frame.CloseInternalError, "backend closed the connection without a Close frame"
+	case how.code == frame.CloseProtocolError || how.code == frame.CloseInvalidPayload || how.code == frame.CloseTooBig:
+		return frame.CloseBadGateway, how.reason
+	}
+	return frame.CloseInternalError, how.reason
+}
+
+// redial re-dials the backend with exponential backoff until it answers,
+// the attempts or the window run out, or the client goes.
+func (c *Conn) redial() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ReconnectWindow)
+	defer cancel()
+	backoff := 100 * time.Millisecond
+	var lastErr error
+	for attempt := 1; c.cfg.ReconnectAttempts == 0 || attempt <= c.cfg.ReconnectAttempts; attempt++ {
+		if c.isDone() {
+			break
+		}
+		conn, buffered, err := c.cfg.Redial(ctx)
+		if err == nil && c.resume(conn, buffered) {
+			if c.cfg.OnReconnect != nil {
+				c.cfg.OnReconnect(attempt, nil)
+			}
+			return
+		}
+		if err == nil {
+			err = context.Canceled // the client went, or the queue could not be sent
+		}
+		lastErr = err
+		if c.cfg.OnReconnect != nil {
+			c.cfg.OnReconnect(attempt, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+	c.mu.Lock()
+	c.redialing = false
+	wasDone := c.done
+	c.done = true
+	reason := "backend unavailable"
+	if lastErr != nil {
+		reason += ": " + lastErr.Error()
+	}
+	c.record("gateway", frame.CloseInternalError, reason)
+	finish := c.running == 0
+	c.mu.Unlock()
+	if !wasDone {
+		c.client.close(frame.CloseInternalError, reason)
+	}
+	if finish {
+		c.finish()
+	}
+}
+
+func (c *Conn) isDone() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done
+}
+
+// resume makes conn the backend and sends it the held messages, in order.
+func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
+	e := newEndpoint(c, "backend", conn, false, false, c.cfg.Backend)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		conn.Close()
+		return false
+	}
+	for _, m := range c.queue {
+		if !e.writeMessage(m.op, m.p) {
+			conn.Close()
+			return false
+		}
+	}
+	old := c.stats[1]
+	c.backendOld[0] += old.bytes.Load()
+	c.backendOld[1] += old.msgs.Load()
+	c.backendOld[2] += old.pings.Load()
+	c.backendOld[3] += old.pongs.Load()
+	c.stats[1] = e
+	c.queue, c.queuedSize = nil, 0
+	c.backend, c.gap, c.redialing = e, false, false
+	c.running++
+	c.reconnects++
+	go e.run(buffered)
+	return true
+}
+
+// exited is called as each endpoint's reader returns.
+func (c *Conn) exited(e *endpoint) {
+	c.mu.Lock()
+	c.running--
+	last := c.running == 0 && !c.redialing
+	c.mu.Unlock()
+	if last {
+		c.finish()
+	}
+}
+
+func (c *Conn) finish() {
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return
+	}
+	c.finished = true
+	s := Summary{Summary: c.sum, Reconnects: c.reconnects}
+	cl, b := c.stats[0], c.stats[1]
+	old := c.backendOld
+	c.mu.Unlock()
+	s.Start, s.End = c.start, c.cfg.Now()
+	s.Bytes = [2]int64{cl.bytes.Load(), b.bytes.Load() + old[0]}
+	s.Messages = [2]int64{cl.msgs.Load(), b.msgs.Load() + old[1]}
+	s.Pings = [2]int64{cl.pings.Load(), b.pings.Load() + old[2]}
+	s.Pongs = [2]int64{cl.pongs.Load(), b.pongs.Load() + old[3]}
+	s.RTT = [2]time.Duration{time.Duration(cl.rtt.Load()), time.Duration(b.rtt.Load())}
+	if c.cfg.OnClose != nil {
+		c.cfg.OnClose(s)
+	}
+}

@@ -1,0 +1,469 @@
+package terminate
+
+import (
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
+	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/timeout"
+)
+
+// pingTag marks the gateway's keepalive Ping payloads.
+var pingTag = rand.Uint32()
+
+// ending says how an endpoint's WebSocket session ended.
+type ending struct {
+	// byPeer: the peer sent a Close frame (code, reason are its).
+	// Otherwise the gateway closed: code is what it sent, or 1006 when the
+	// peer vanished without a Close frame.
+	byPeer bool
+	code   int
+	reason string
+}
+
+// endpoint is one WebSocket connection that the gateway terminates: the
+// client leg (the gateway is the server: frames arrive masked) or a backend
+// leg (the gateway is the client: it masks what it sends). It validates
+// every frame it reads, assembles messages and hands them to its Conn, and
+// answers Pings itself.
+type endpoint struct {
+	c       *Conn
+	side    string // "client" or "backend", for reasons and logs
+	conn    net.Conn
+	rd      lazyread.Reader
+	live    liveness.Watch
+	server  bool // the gateway is the server on this leg
+	deflate bool // permessage-deflate was negotiated (client leg only)
+	maxMsg  int64
+
+	// Reader-owned.
+	hdr      [frame.MaxHeaderSize]byte
+	hdrN     int
+	cur      frame.Header
+	inFrame  bool
+	remain   int64
+	maskPos  int
+	inMsg    bool
+	msgOp    frame.Opcode
+	msgFlate bool
+	msg      []byte
+	text     utf8Stream
+	ctl      [frame.MaxControlPayload]byte
+	ctlN     int
+	failed   bool // a protocol error was answered: ignore the rest
+	pingSeq  uint32
+	notified bool // the Conn was told how the session ended
+
+	closeRecv atomic.Bool
+
+	// Counters.
+	bytes, msgs, pings, pongs, rtt atomic.Int64
+
+	// Writer state, guarded by wmu.
+	wmu       sync.Mutex
+	closeSent bool
+	writeDead bool
+	hdrOut    [frame.MaxHeaderSize]byte
+}
+
+func newEndpoint(c *Conn, side string, conn net.Conn, server, deflate bool, p timeout.Policy) *endpoint {
+	e := &endpoint{c: c, side: side, conn: conn, server: server, deflate: deflate, maxMsg: c.cfg.MaxMessageSize}
+	e.rd.Init(conn)
+	e.live.Init(conn, p, c.cfg.Now(), c.cfg.Now)
+	return e
+}
+
+// run is the endpoint's reader goroutine. initial holds bytes read with the
+// handshake.
+func (e *endpoint) run(initial []byte) {
+	if len(initial) > 0 {
+		e.bytes.Add(int64(len(initial)))
+		e.feed(initial)
+	}
+	for {
+		if e.live.Arm() {
+			break
+		}
+		b, err := e.rd.Read()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if e.onDeadline() {
+					break
+				}
+				continue
+			}
+			e.end(ending{code: frame.CloseAbnormal, reason: e.side + " went away: " + err.Error()})
+			break
+		}
+		e.bytes.Add(int64(len(b)))
+		e.live.Read()
+		e.feed(b)
+	}
+	e.rd.Release()
+	e.conn.Close()
+	e.releaseMsg()
+	e.end(ending{code: frame.CloseAbnormal, reason: e.side + " connection closed"})
+	e.c.exited(e)
+}
+
+// end tells the Conn, once, how this endpoint's session ended.
+func (e *endpoint) end(how ending) {
+	if e.notified {
+		return
+	}
+	e.notified = true
+	e.c.ended(e, how)
+}
+
+func (e *endpoint) onDeadline() bool {
+	act, over := e.live.Fired()
+	if e.live.Closing() {
+		return over
+	}
+	switch act {
+	case timeout.Ping:
+		e.pingSeq++
+		var p [8]byte
+		binary.BigEndian.PutUint32(p[:4], pingTag)
+		binary.BigEndian.PutUint32(p[4:], e.pingSeq)
+		e.live.PingSent()
+		e.pings.Add(1)
+		e.writeControl(frame.OpPing, p[:])
+	case timeout.CloseIdle:
+		e.close(frame.CloseGoingAway, "idle timeout")
+		e.end(ending{code: frame.CloseGoingAway, reason: e.side + " idle timeout"})
+	case timeout.ClosePong:
+		e.close(frame.CloseGoingAway, "ping timeout")
+		e.live.StartClosing(0)
+		e.end(ending{code: frame.CloseGoingAway, reason: e.side + " did not answer ping"})
+	}
+	return false
+}
+
+// feed parses the bytes b, which the endpoint may modify (unmask) in place.
+func (e *endpoint) feed(b []byte) {
+	for len(b) > 0 && !e.failed {
+		if !e.inFrame {
+			n := e.readHeader(b)
+			b = b[n:]
+			if !e.inFrame {
+				return // header incomplete
+			}
+			if e.remain == 0 {
+				e.frameEnd()
+			}
+			continue
+		}
+		k := int64(len(b))
+		if k > e.remain {
+			k = e.remain
+		}
+		p := b[:k]
+		b = b[k:]
+		e.remain -= k
+		if e.cur.Masked {
+			e.maskPos = frame.Mask(e.cur.Mask, e.maskPos, p)
+		}
+		if e.cur.Op.IsControl() {
+			e.ctlN += copy(e.ctl[e.ctlN:], p)
+		} else if e.payload(p) && e.remain == 0 {
+			e.frameEnd()
+		}
+		if e.remain == 0 && e.cur.Op.IsControl() {
+			e.frameEnd()
+		}
+	}
+}
+
+// readHeader collects and checks a frame header from b and returns how many
+// bytes it used.
+func (e *endpoint) readHeader(b []byte) int {
+	used := 0
+	for {
+		need := 2
+		if e.hdrN >= 2 {
+			need = frame.HeaderSize(e.hdr[0], e.hdr[1])
+		}
+		if e.hdrN >= need {
+			break
+		}
+		k := copy(e.hdr[e.hdrN:need], b[used:])
+		e.hdrN += k
+		used += k
+		if e.hdrN < need {
+			return used
+		}
+	}
+	h, _, err := frame.ParseHeader(e.hdr[:e.hdrN])
+	e.hdrN = 0
+	if err != nil {
+		e.fail(frame.CloseProtocolError, "frame length out of range")
+		return used
+	}
+	if code, why := e.check(h); code != 0 {
+		e.fail(code, why)
+		return used
+	}
+	e.cur, e.inFrame, e.remain, e.maskPos, e.ctlN = h, true, h.Length, 0, 0
+	if h.Op == frame.OpText || h.Op == frame.OpBinary {
+		e.inMsg, e.msgOp, e.msgFlate = true, h.Op, h.Rsv&frame.Rsv1 != 0
+		e.msg = getMsg()
+	}
+	return used
+}
+
+// check applies RFC 6455 §5 to a header; it returns a Close code and reason
+// for a violation.
+func (e *endpoint) check(h frame.Header) (int, string) {
+	switch {
+	case h.Op.IsReserved():
+		return frame.CloseProtocolError, "reserved opcode"
+	case h.Rsv&^frame.Rsv1 != 0,
+		h.Rsv&frame.Rsv1 != 0 && !(e.deflate && (h.Op == frame.OpText || h.Op == frame.OpBinary)):
+		return frame.CloseProtocolError, "reserved bits set"
+	case h.Op.IsControl() && !h.Fin:
+		return frame.CloseProtocolError, "fragmented control frame"
+	case h.Op.IsControl() && h.Length > frame.MaxControlPayload:
+		return frame.CloseProtocolError, "control frame too long"
+	case e.server && !h.Masked:
+		return frame.CloseProtocolError, "client frame not masked"
+	case !e.server && h.Masked:
+		return frame.CloseProtocolError, "server frame masked"
+	case h.Op == frame.OpContinuation && !e.inMsg:
+		return frame.CloseProtocolError, "continuation frame without a message"
+	case (h.Op == frame.OpText || h.Op == frame.OpBinary) && e.inMsg:
+		return frame.CloseProtocolError, "new message inside a fragmented message"
+	}
+	if !h.Op.IsControl() {
+		limit := e.maxMsg
+		flate := h.Rsv&frame.Rsv1 != 0
+		if h.Op == frame.OpContinuation {
+			flate = e.msgFlate
+		}
+		if flate {
+			limit += limit/8 + 1024 // compressed bytes; the real check is after inflating
+		}
+		if int64(len(e.msg))+h.Length > limit {
+			return frame.CloseTooBig, "message too big"
+		}
+	}
+	return 0, ""
+}
+
+// payload takes data-frame payload bytes; it reports false after failing.
+func (e *endpoint) payload(p []byte) bool {
+	if e.msgOp == frame.OpText && !e.msgFlate && !e.text.write(p) {
+		e.fail(frame.CloseInvalidPayload, "invalid UTF-8 in text message")
+		return false
+	}
+	e.msg = append(e.msg, p...)
+	return true
+}
+
+// frameEnd handles a complete frame.
+func (e *endpoint) frameEnd() {
+	e.inFrame = false
+	h := e.cur
+	if h.Op.IsControl() {
+		e.control(h.Op, e.ctl[:e.ctlN])
+		return
+	}
+	if !h.Fin {
+		return
+	}
+	msg, op := e.msg, e.msgOp
+	e.inMsg = false
+	if e.msgFlate {
+		out, err := decompress(getMsg(), msg, e.maxMsg)
+		putMsg(msg)
+		msg, e.msg = out, out
+		switch {
+		case errors.Is(err, errTooBig):
+			e.fail(frame.CloseTooBig, "message too big")
+			return
+		case err != nil:
+			e.fail(frame.CloseInvalidPayload, "invalid compressed data")
+			return
+		}
+		if op == frame.OpText && !(e.text.write(msg) && e.text.done()) {
+			e.fail(frame.CloseInvalidPayload, "invalid UTF-8 in text message")
+			return
+		}
+	} else if op == frame.OpText && !e.text.done() {
+		e.fail(frame.CloseInvalidPayload, "invalid UTF-8 in text message")
+		return
+	}
+	e.msgs.Add(1)
+	e.live.Active()
+	if !e.closeRecv.Load() && !e.sentClose() {
+		e.c.message(e, op, msg)
+	}
+	e.releaseMsg()
+}
+
+func (e *endpoint) releaseMsg() {
+	if e.msg != nil {
+		putMsg(e.msg)
+		e.msg = nil
+	}
+}
+
+// control handles a complete control frame from the peer.
+func (e *endpoint) control(op frame.Opcode, p []byte) {
+	switch op {
+	case frame.OpPing:
+		e.live.Active()
+		e.writeControl(frame.OpPong, p)
+	case frame.OpPong:
+		if len(p) == 8 && binary.BigEndian.Uint32(p) == pingTag {
+			e.pongs.Add(1)
+			if binary.BigEndian.Uint32(p[4:]) == e.pingSeq {
+				if rtt := e.live.PongReceived(); rtt > 0 {
+					e.rtt.Store(int64(rtt))
+				}
+			}
+			return
+		}
+		e.live.Active()
+	case frame.OpClose:
+		code, reason, ok := frame.ParseClose(p)
+		if !ok {
+			if len(p) > 2 && frame.ValidCloseCode(code) {
+				e.fail(frame.CloseInvalidPayload, "invalid UTF-8 in close reason")
+			} else {
+				e.fail(frame.CloseProtocolError, "invalid close frame")
+			}
+			return
+		}
+		e.closeRecv.Store(true)
+		if !e.sentClose() {
+			// Echo the code (RFC 6455 §5.5.1); 1005 may not be sent.
+			echo := code
+			if echo == frame.CloseNoStatus {
+				echo = frame.CloseNormal
+			}
+			e.close(echo, "")
+		}
+		e.end(ending{byPeer: true, code: code, reason: reason})
+		e.live.StartClosing(e.c.cfg.CloseGrace)
+	}
+}
+
+// fail answers a protocol violation: Close with code, then the peer gets a
+// grace period to hang up.
+func (e *endpoint) fail(code int, reason string) {
+	e.failed = true
+	e.close(code, reason)
+	e.end(ending{code: code, reason: e.side + " protocol error: " + reason})
+}
+
+// close sends a Close frame (once) and starts the grace period.
+func (e *endpoint) close(code int, reason string) {
+	var key [4]byte
+	if !e.server {
+		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
+	}
+	f := frame.AppendClose(nil, code, reason, !e.server, key)
+	e.wmu.Lock()
+	if !e.closeSent && !e.writeDead {
+		e.closeSent = true
+		e.writeLocked(f)
+		// Nothing may follow a Close: the FIN says so while the peer's
+		// Close can still come back.
+		if cw, ok := e.conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}
+	e.wmu.Unlock()
+	e.live.StartClosing(e.c.cfg.CloseGrace)
+}
+
+func (e *endpoint) sentClose() bool {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	return e.closeSent
+}
+
+func (e *endpoint) writeControl(op frame.Opcode, p []byte) {
+	var key [4]byte
+	if !e.server {
+		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
+	}
+	var buf [frame.MaxHeaderSize + frame.MaxControlPayload]byte
+	f := frame.AppendFrame(buf[:0], op, p, !e.server, key)
+	e.wmu.Lock()
+	if !e.closeSent {
+		e.writeLocked(f)
+	}
+	e.wmu.Unlock()
+}
+
+// writeMessage sends a whole message as one frame, compressed when the
+// client leg negotiated it, masked (in a copy) towards a backend, so p is
+// left as it was and can be sent again after a reconnect. It reports false
+// when the message could not be written.
+func (e *endpoint) writeMessage(op frame.Opcode, p []byte) bool {
+	h := frame.Header{Fin: true, Op: op, Masked: !e.server}
+	if e.deflate && len(p) >= minCompress {
+		zipped := compress(getMsg(), p)
+		defer putMsg(zipped)
+		p = zipped
+		h.Rsv = frame.Rsv1
+	}
+	h.Length = int64(len(p))
+	if h.Masked {
+		masked := append(getMsg(), p...)
+		defer putMsg(masked)
+		binary.LittleEndian.PutUint32(h.Mask[:], rand.Uint32())
+		frame.Mask(h.Mask, 0, masked)
+		p = masked
+	}
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.closeSent || e.writeDead {
+		return false
+	}
+	n := frame.PutHeader(e.hdrOut[:], h)
+	return e.writeLocked(e.hdrOut[:n], p)
+}
+
+func (e *endpoint) writeLocked(bufs ...[]byte) bool {
+	if e.writeDead {
+		return false
+	}
+	e.live.ArmWrite()
+	nb := net.Buffers(bufs)
+	if _, err := nb.WriteTo(e.conn); err != nil {
+		e.writeDead = true
+		e.live.StartClosing(0) // wake the reader: the peer is gone or stuck
+		return false
+	}
+	e.live.Wrote()
+	return true
+}
+
+// Message buffers are pooled so that an idle endpoint holds none.
+var msgPool sync.Pool
+
+const maxPooled = 64 << 10
+
+func getMsg() []byte {
+	if b, ok := msgPool.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, 512)
+}
+
+func putMsg(b []byte) {
+	if cap(b) == 0 || cap(b) > maxPooled {
+		return
+	}
+	msgPool.Put(&b)
+}

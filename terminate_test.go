@@ -1,0 +1,182 @@
+package websocket_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
+)
+
+func TestTerminateEcho(t *testing.T) {
+	echo := echoBackend(t)
+	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			mode terminate
+			max_message_size 8MiB
+		}
+	}`, hostOf(echo)))
+	for _, compress := range []bool{false, true} {
+		d := websocket.Dialer{EnableCompression: compress}
+		c, res, err := d.Dial("ws://"+addr+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res.Header.Get("Sec-WebSocket-Extensions"); (got != "") != compress {
+			t.Fatalf("compression %v: extensions %q", compress, got)
+		}
+		for _, n := range []int{0, 1, 125, 126, 65535, 65536, 1 << 20, 4 << 20} {
+			for _, typ := range []int{websocket.TextMessage, websocket.BinaryMessage} {
+				msg := bytes.Repeat([]byte("abcdefgh"), n/8+1)[:n]
+				if typ == websocket.BinaryMessage {
+					rand.Read(msg)
+				}
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				if err := c.WriteMessage(typ, msg); err != nil {
+					t.Fatal(err)
+				}
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				gt, got, err := c.ReadMessage()
+				if err != nil || gt != typ || !bytes.Equal(got, msg) {
+					t.Fatalf("compression %v, %d bytes type %d: got %d bytes type %d, %v", compress, n, typ, len(got), gt, err)
+				}
+			}
+		}
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, "done"), time.Now().Add(time.Second))
+		_, _, err = c.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != 4001 {
+			t.Fatalf("close: %v", err)
+		}
+		c.Close()
+	}
+}
+
+// TestTerminateProtocolErrors: each violation gets the right Close code,
+// and the backend never sees the bad frame.
+func TestTerminateProtocolErrors(t *testing.T) {
+	seen := make(chan wstest.Frame, 100)
+	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+		for {
+			f, err := p.ReadFrame(10 * time.Second)
+			if err != nil {
+				return
+			}
+			seen <- f
+			if f.Op == frame.OpClose {
+				p.Write(wstest.EncodeFrame(false, true, 0, frame.OpClose, f.Payload))
+				return
+			}
+		}
+	})
+	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			mode terminate
+			max_message_size 1KiB
+			compression off
+		}
+	}`, backend.Addr))
+	m := func(fin bool, rsv byte, op frame.Opcode, p string) []byte {
+		return wstest.EncodeFrame(true, fin, rsv, op, []byte(p))
+	}
+	cases := []struct {
+		name  string
+		bytes []byte
+		code  int
+	}{
+		{"unmasked", wstest.EncodeFrame(false, true, 0, frame.OpText, []byte("hi")), 1002},
+		{"rsv1 without deflate", m(true, frame.Rsv1, frame.OpText, "hi"), 1002},
+		{"rsv2", m(true, frame.Rsv2, frame.OpBinary, "hi"), 1002},
+		{"reserved opcode", m(true, 0, 0x3, "hi"), 1002},
+		{"reserved control opcode", m(true, 0, 0xb, ""), 1002},
+		{"fragmented ping", m(false, 0, frame.OpPing, "hi"), 1002},
+		{"long ping", m(true, 0, frame.OpPing, strings.Repeat("x", 126)), 1002},
+		{"lone continuation", m(true, 0, frame.OpContinuation, "hi"), 1002},
+		{"text inside fragmented", append(m(false, 0, frame.OpText, "a"), m(true, 0, frame.OpText, "b")...), 1002},
+		{"invalid utf-8", m(true, 0, frame.OpText, "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"), 1007},
+		{"invalid utf-8 across fragments", append(m(false, 0, frame.OpText, "\xce"), m(true, 0, frame.OpContinuation, "\x41")...), 1007},
+		{"truncated utf-8", m(true, 0, frame.OpText, "\xce"), 1007},
+		{"too big", m(true, 0, frame.OpBinary, strings.Repeat("x", 1025)), 1009},
+		{"too big fragmented", append(m(false, 0, frame.OpBinary, strings.Repeat("x", 1000)), m(true, 0, frame.OpContinuation, strings.Repeat("x", 25))...), 1009},
+		{"close code 1005", m(true, 0, frame.OpClose, "\x03\xed"), 1002},
+		{"close code 999", m(true, 0, frame.OpClose, "\x03\xe7"), 1002},
+		{"close one byte", m(true, 0, frame.OpClose, "\x03"), 1002},
+		{"close bad reason", m(true, 0, frame.OpClose, "\x03\xe8\xff"), 1007},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for len(seen) > 0 {
+				<-seen
+			}
+			p, res := wstest.Dial(t, addr, "")
+			if p == nil {
+				t.Fatalf("status %d", res.StatusCode)
+			}
+			p.Write(tc.bytes)
+			f, err := p.ReadFrame(5 * time.Second)
+			if err != nil || f.Op != frame.OpClose {
+				t.Fatalf("want Close %d, got %v %v", tc.code, f.Op, err)
+			}
+			code, _, _ := frame.ParseClose(f.Payload)
+			if code != tc.code {
+				t.Fatalf("got Close %d (%q), want %d", code, f.Payload, tc.code)
+			}
+			// The backend got no data, only the gateway's Close.
+			select {
+			case f := <-seen:
+				if f.Op != frame.OpClose {
+					t.Fatalf("backend saw a %v frame %q", f.Op, f.Payload)
+				}
+			case <-time.After(3 * time.Second):
+				t.Fatal("backend got no Close")
+			}
+		})
+	}
+}
+
+func TestTerminateSubprotocols(t *testing.T) {
+	backend := wstest.NewBackend(t, func(r *http.Request) string {
+		if r.Header.Get("Sec-WebSocket-Extensions") != "" {
+			return "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+		}
+		if strings.Contains(r.Header.Get("Sec-WebSocket-Protocol"), "chat.v2") {
+			return wstest.Switch(r, "Sec-WebSocket-Protocol: chat.v2")
+		}
+		return wstest.Switch(r)
+	}, func(p *wstest.Peer) { time.Sleep(time.Second) })
+	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			mode terminate
+			subprotocols chat.v1 chat.v2
+		}
+	}`, backend.Addr))
+	offer := func(protos string) *http.Response {
+		extra := []string{"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"}
+		if protos != "" {
+			extra = append(extra, "Sec-WebSocket-Protocol: "+protos)
+		}
+		_, res := wstest.Dial(t, addr, wstest.UpgradeRequest(addr, "/", wstest.Key(), extra...))
+		return res
+	}
+	if res := offer("chat.v1, chat.v2"); res.StatusCode != 101 || res.Header.Get("Sec-WebSocket-Protocol") != "chat.v2" ||
+		res.Header.Get("Sec-WebSocket-Extensions") != "permessage-deflate; server_no_context_takeover; client_no_context_takeover" {
+		t.Fatalf("backend's choice: %d %v", res.StatusCode, res.Header)
+	}
+	if res := offer("other, chat.v1"); res.StatusCode != 101 || res.Header.Get("Sec-WebSocket-Protocol") != "chat.v1" {
+		t.Fatalf("first configured match: %d %v", res.StatusCode, res.Header)
+	}
+	if res := offer("other"); res.StatusCode != 400 {
+		t.Fatalf("none of the required: %d", res.StatusCode)
+	}
+	if res := offer(""); res.StatusCode != 400 {
+		t.Fatalf("no offer: %d", res.StatusCode)
+	}
+}
