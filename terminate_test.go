@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
@@ -178,5 +180,166 @@ func TestTerminateSubprotocols(t *testing.T) {
 	}
 	if res := offer(""); res.StatusCode != 400 {
 		t.Fatalf("no offer: %d", res.StatusCode)
+	}
+}
+
+// restartable runs the legacy chat on a fixed loopback address that can be
+// killed and started again, like a backend process being restarted.
+type restartable struct {
+	t    *testing.T
+	addr string
+	srv  *http.Server
+	chat *legacychat.Server
+}
+
+func startChat(t *testing.T, addr string) *restartable {
+	t.Helper()
+	if addr == "" {
+		addr = fmt.Sprintf("127.0.0.1:%d", wstest.FreePort(t))
+	}
+	var l net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the old socket may linger a moment
+		if l, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := &restartable{t: t, addr: addr, chat: legacychat.New(time.Minute)}
+	rs.srv = &http.Server{Handler: rs.chat}
+	go rs.srv.Serve(l)
+	t.Cleanup(rs.kill)
+	return rs
+}
+
+// kill stops the backend the hard way: listener gone, members dropped
+// without a Close frame.
+func (rs *restartable) kill() {
+	rs.srv.Close()
+	rs.chat.Drop()
+}
+
+// TestTerminateReconnect: the backend is killed and restarted while a
+// client is connected; the client stays, and the messages it sent during
+// the gap arrive, in order, once the backend is back.
+func TestTerminateReconnect(t *testing.T) {
+	chat := startChat(t, "")
+	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			mode terminate
+			backend {
+				on_close reconnect
+				reconnect_window 5s
+			}
+		}
+	}`, chat.addr))
+	c := dialWS(t, "ws://"+addr+"/ws")
+	expect := func(want string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, m, err := c.ReadMessage()
+		if err != nil || string(m) != want {
+			t.Fatalf("want %q, got %q %v", want, m, err)
+		}
+	}
+	c.WriteMessage(websocket.TextMessage, []byte("alice:before"))
+	expect("alice:before")
+
+	chat.kill()
+	// A message written in the very instant the backend dies, before the
+	// gateway has seen it go, dies with it (the gateway cannot know whether
+	// the backend read it); the gap starts when the gateway notices.
+	time.Sleep(200 * time.Millisecond)
+	for i := 1; i <= 3; i++ {
+		c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf("alice:during %d", i)))
+	}
+	time.Sleep(500 * time.Millisecond)
+	startChat(t, chat.addr)
+	for i := 1; i <= 3; i++ {
+		expect(fmt.Sprintf("alice:during %d", i))
+	}
+	c.WriteMessage(websocket.TextMessage, []byte("alice:after"))
+	expect("alice:after")
+}
+
+// TestTerminateReconnectGivesUp: when the backend does not come back within
+// the window, the client gets Close 1011 with the reason.
+func TestTerminateReconnectGivesUp(t *testing.T) {
+	chat := startChat(t, "")
+	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			mode terminate
+			backend {
+				on_close reconnect
+				reconnect_window 1s
+			}
+		}
+	}`, chat.addr))
+	c := dialWS(t, "ws://"+addr+"/ws")
+	chat.kill()
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err := c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 1011 || !strings.Contains(ce.Text, "backend unavailable") {
+		t.Fatalf("got %v", err)
+	}
+	if el := time.Since(start); el < 900*time.Millisecond {
+		t.Fatalf("gave up after %v, before the 1s window", el)
+	}
+}
+
+// TestSlowClient: a client that stops reading is dropped after the write
+// timeout, and the backend is told with Close 1001; the gateway holds at
+// most one message meanwhile.
+func TestSlowClient(t *testing.T) {
+	for _, mode := range []string{"tunnel", "terminate"} {
+		t.Run(mode, func(t *testing.T) {
+			closed := make(chan wstest.Frame, 1)
+			backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+				big := wstest.EncodeFrame(false, true, 0, frame.OpBinary, make([]byte, 256<<10))
+				go func() {
+					for {
+						f, err := p.ReadFrame(20 * time.Second)
+						if err != nil {
+							return
+						}
+						if f.Op == frame.OpClose {
+							closed <- f
+							return
+						}
+					}
+				}()
+				p.SetWriteDeadline(time.Now().Add(15 * time.Second))
+				for i := 0; i < 1000; i++ {
+					if _, err := p.Write(big); err != nil {
+						break
+					}
+				}
+				time.Sleep(2 * time.Second)
+			})
+			addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+				websocket %s {
+					mode %s
+					client {
+						write_timeout 1s
+					}
+				}
+			}`, backend.Addr, mode))
+			p, _ := wstest.Dial(t, addr, "")
+			_ = p // never reads
+			select {
+			case f := <-closed:
+				code, reason, _ := frame.ParseClose(f.Payload)
+				if code != 1001 {
+					t.Fatalf("backend got Close %d %q", code, reason)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the backend was not told that the client stopped reading")
+			}
+		})
 	}
 }

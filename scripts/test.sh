@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project. On a fresh Debian machine it is
-# all the setup needed: it installs Debian's chromium (for the browser
-# tests) when it is missing.
+# all the setup needed: it installs Debian's chromium (browser tests) and
+# python3-websockets (interop tests) when they are missing. Node.js (for the
+# interop test with Node's WebSocket) comes with the machine.
 #
 #   bash scripts/test.sh              # checks, go test -race ./..., short fuzzing
 #   FUZZTIME=10m bash scripts/test.sh # fuzz each target for 10 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null; then
-	echo "== installing chromium (Debian package)"
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+/usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "== installing ${missing[*]} (Debian packages)"
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo="sudo"
 	export DEBIAN_FRONTEND=noninteractive
 	$sudo apt-get update -qq
-	$sudo apt-get install -y -qq chromium >/dev/null
+	$sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "== gofmt"
@@ -29,7 +33,7 @@ echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 echo "== fuzzing (${FUZZTIME:=10s} per target)"
-for target in ./frame:FuzzParseHeader ./upgrade:FuzzValidateRequest ./tunnel:FuzzRelay; do
+for target in ./frame:FuzzParseHeader ./upgrade:FuzzValidateRequest ./tunnel:FuzzRelay ./terminate:FuzzUTF8Stream ./terminate:FuzzEndpoint; do
 	pkg=${target%%:*} fn=${target##*:}
 	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$FUZZTIME" "$pkg"
 done

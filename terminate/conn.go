@@ -85,7 +85,7 @@ type Conn struct {
 	redialing  bool
 	running    int // endpoints whose readers run
 	reconnects int
-	recorded     bool
+	recorded   bool
 	sum        tunnel.Summary
 	finished   bool
 	stats      [2]*endpoint // the client and the latest backend, for counters

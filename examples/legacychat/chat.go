@@ -68,6 +68,16 @@ func (s *Server) Members() int {
 	return len(s.members)
 }
 
+// Drop closes every member's connection abruptly, as a crash or a restart
+// of the process would.
+func (s *Server) Drop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for m := range s.members {
+		m.conn.UnderlyingConn().Close()
+	}
+}
+
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
