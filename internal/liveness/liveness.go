@@ -18,7 +18,7 @@ import (
 // connection started (monotonic); zero means never. Arm and Fired belong to
 // the leg's reader goroutine; the rest may be called from anywhere.
 type Watch struct {
-	Policy timeout.Policy
+	policy atomic.Pointer[timeout.Policy]
 	conn   net.Conn
 	start  time.Time
 	now    func() time.Time
@@ -27,17 +27,37 @@ type Watch struct {
 	pingSent                        atomic.Int64
 	closingAt                       atomic.Int64
 
-	deadline  time.Time // reader-owned: the read deadline currently set
-	rearm     bool      // reader-owned: consult the policy at the next Arm
-	wdeadline time.Time // guarded by the leg's write lock
+	deadline  time.Time   // reader-owned: the read deadline currently set
+	rearm     atomic.Bool // consult the policy at the next Arm
+	wdeadline time.Time   // guarded by the leg's write lock
 }
 
 // Init starts watching conn under policy. Silence counts from start.
 func (w *Watch) Init(conn net.Conn, policy timeout.Policy, start time.Time, now func() time.Time) {
-	w.conn, w.Policy, w.start, w.now = conn, policy, start, now
+	w.conn, w.start, w.now = conn, start, now
+	w.policy.Store(&policy)
 	w.lastRead.Store(1)
 	w.lastWrite.Store(1)
 	w.lastActive.Store(1)
+}
+
+// Policy returns the policy in force.
+func (w *Watch) Policy() timeout.Policy { return *w.policy.Load() }
+
+// SetPolicy puts a new policy in force (a config reload, or a learned
+// keepalive interval) and wakes the reader to apply it.
+func (w *Watch) SetPolicy(p timeout.Policy) {
+	w.policy.Store(&p)
+	w.rearm.Store(true)
+	if !w.Closing() {
+		w.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// Silence returns how long the leg has been silent both ways.
+func (w *Watch) Silence() time.Duration {
+	last := max(w.lastRead.Load(), w.lastWrite.Load())
+	return time.Duration(w.Now() - last)
 }
 
 // Now returns the time on the connection's clock.
@@ -66,7 +86,7 @@ func (w *Watch) PingSent() { w.pingSent.Store(w.Now()) }
 // round trip (0 if none was outstanding).
 func (w *Watch) PongReceived() time.Duration {
 	sent := w.pingSent.Swap(0)
-	w.rearm = true // the pong deadline is gone; the next ping may be sooner
+	w.rearm.Store(true) // the pong deadline is gone; the next ping may be sooner
 	if sent == 0 {
 		return 0
 	}
@@ -104,14 +124,14 @@ func (w *Watch) Arm() bool {
 				return true
 			}
 			d = w.at(ca)
-		case !w.deadline.IsZero() && !w.rearm:
+		case !w.deadline.IsZero() && !w.rearm.Load():
 			// Traffic only moves the policy's next event later, so the
 			// deadline already set fires early at worst and is re-armed
 			// then: a busy leg is not re-armed on every read.
 			return false
 		default:
-			w.rearm = false
-			_, d = w.Policy.Decide(w.state(), w.now())
+			w.rearm.Store(false)
+			_, d = w.Policy().Decide(w.state(), w.now())
 		}
 		if d.Equal(w.deadline) {
 			return false
@@ -134,7 +154,7 @@ func (w *Watch) Fired() (act timeout.Action, over bool) {
 	if ca := w.closingAt.Load(); ca != 0 {
 		return timeout.None, w.Now() >= ca
 	}
-	act, _ = w.Policy.Decide(w.state(), w.now())
+	act, _ = w.Policy().Decide(w.state(), w.now())
 	return act, false
 }
 
@@ -151,7 +171,7 @@ func (w *Watch) state() timeout.Leg {
 // a deadline costs a timer update, so it moves only once more than half of
 // it is used. The caller holds the leg's write lock.
 func (w *Watch) ArmWrite() {
-	wt := w.Policy.WriteTimeout
+	wt := w.policy.Load().WriteTimeout
 	if wt <= 0 {
 		return
 	}
