@@ -14,10 +14,15 @@ import (
 // zero value means "not set": the option's default applies.
 type Timeout time.Duration
 
-// Off is the Timeout value of "off".
-const Off Timeout = -1
+// Off is the Timeout value of "off"; Auto, of "auto" (keepalive only: the
+// interval is learned).
+const (
+	Off  Timeout = -1
+	Auto Timeout = -2
+)
 
-// UnmarshalJSON accepts "off", a duration string or integer nanoseconds.
+// UnmarshalJSON accepts "off", "auto", a duration string or integer
+// nanoseconds.
 func (t *Timeout) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
@@ -28,8 +33,12 @@ func (t *Timeout) UnmarshalJSON(b []byte) error {
 		*t = Timeout(n)
 		return nil
 	}
-	if s == "off" {
+	switch s {
+	case "off":
 		*t = Off
+		return nil
+	case "auto":
+		*t = Auto
 		return nil
 	}
 	d, err := caddy.ParseDuration(s)
@@ -40,10 +49,13 @@ func (t *Timeout) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON writes "off" or a duration string.
+// MarshalJSON writes "off", "auto" or a duration string.
 func (t Timeout) MarshalJSON() ([]byte, error) {
-	if t == Off {
+	switch t {
+	case Off:
 		return []byte(`"off"`), nil
+	case Auto:
+		return []byte(`"auto"`), nil
 	}
 	return json.Marshal(time.Duration(t).String())
 }
@@ -54,7 +66,7 @@ func (t Timeout) or(def time.Duration) time.Duration {
 	switch {
 	case t == Off:
 		return 0
-	case t == 0:
+	case t == 0 || t == Auto:
 		return def
 	}
 	return time.Duration(t)

@@ -3,12 +3,16 @@ package websocket
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
 // hubs holds the one connection hub of the process. It lives in a
@@ -20,15 +24,20 @@ var hubs = caddy.NewUsagePool()
 
 const hubKey = "websocket.hub"
 
-// hub owns the live connections.
+// hub owns the live connections, and what the gateway learned, across
+// config reloads.
 type hub struct {
-	mu    sync.Mutex
-	conns map[string]*live
+	mu       sync.Mutex
+	conns    map[string]*live
+	handlers []*Handler // provisioned and not yet cleaned up, newest last
+	learners map[string]*timeout.Learner
+	networks timeout.Networks
 }
 
 // relay is a running connection of either mode.
 type relay interface {
 	Close(code int, reason string)
+	SetPolicy(client, backend timeout.Policy)
 }
 
 // live is a connection the hub owns.
@@ -36,15 +45,22 @@ type live struct {
 	id       string
 	mode     string
 	relay    relay
+	owner    *Handler // the config whose policies it runs under
 	upstream string
 	path     string
 	remote   string
+	clientIP netip.Addr
 	start    time.Time
+	lifetime *time.Timer
 }
 
 func loadHub() (*hub, error) {
 	v, _, err := hubs.LoadOrNew(hubKey, func() (caddy.Destructor, error) {
-		return &hub{conns: make(map[string]*live)}, nil
+		return &hub{
+			conns:    make(map[string]*live),
+			learners: make(map[string]*timeout.Learner),
+			networks: timeout.Networks{Limit: 4096},
+		}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -72,8 +88,115 @@ func (h *hub) add(c *live) {
 
 func (h *hub) remove(id string) {
 	h.mu.Lock()
+	c := h.conns[id]
 	delete(h.conns, id)
 	h.mu.Unlock()
+	if c != nil && c.lifetime != nil {
+		c.lifetime.Stop()
+	}
+}
+
+// learner returns the idle-timeout learner of a backend address.
+func (h *hub) learner(upstream string) *timeout.Learner {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.learners[upstream]
+	if l == nil {
+		l = &timeout.Learner{}
+		h.learners[upstream] = l
+	}
+	return l
+}
+
+// ownerOf returns the handler whose config a connection runs under.
+func (h *hub) ownerOf(c *live) *Handler {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return c.owner
+}
+
+// register notes a newly provisioned handler: connections of a retiring
+// config may move to it.
+func (h *hub) register(hd *Handler) {
+	h.mu.Lock()
+	h.handlers = append(h.handlers, hd)
+	h.mu.Unlock()
+}
+
+// retire moves the connections of a handler being cleaned up to the newest
+// handler that serves the same upstream in the same mode, under its
+// policies; the others are closed with 1012 after the reload delay. On a
+// Caddy stop there is no successor, and Destruct closes everything first.
+func (h *hub) retire(hd *Handler) {
+	h.mu.Lock()
+	h.handlers = slices.DeleteFunc(h.handlers, func(x *Handler) bool { return x == hd })
+	var moved, orphaned []*live
+	for _, c := range h.conns {
+		if c.owner != hd {
+			continue
+		}
+		if s := h.successorLocked(c); s != nil {
+			c.owner = s
+			moved = append(moved, c)
+		} else {
+			orphaned = append(orphaned, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range moved {
+		c.relay.SetPolicy(c.policies())
+	}
+	delay := time.Duration(hd.ReloadCloseDelay)
+	if delay <= 0 {
+		delay = DefaultReloadCloseDelay
+	}
+	for _, c := range orphaned {
+		c := c
+		time.AfterFunc(jitter(delay, 0, 0.5), func() {
+			c.relay.Close(frame.CloseServiceRestart, "upstream removed from the configuration")
+		})
+	}
+	if len(moved)+len(orphaned) > 0 {
+		hd.logger.Info("websocket connections handed over on reload",
+			zap.Int("kept", len(moved)), zap.Int("closing", len(orphaned)), zap.Duration("close_delay", delay))
+	}
+}
+
+func (h *hub) successorLocked(c *live) *Handler {
+	for i := len(h.handlers) - 1; i >= 0; i-- {
+		s := h.handlers[i]
+		if (s.Mode == "terminate") == (c.mode == "terminate") && slices.Contains(s.To, c.upstream) {
+			return s
+		}
+	}
+	return nil
+}
+
+// refreshPolicies re-applies the owners' policies (with what was learned)
+// to the connections match selects.
+func (h *hub) refreshPolicies(match func(*live) bool) {
+	h.mu.Lock()
+	var sel []*live
+	for _, c := range h.conns {
+		if match(c) {
+			sel = append(sel, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range sel {
+		c.relay.SetPolicy(c.policies())
+	}
+}
+
+// policies are the connection's policies under its owner.
+func (c *live) policies() (client, backend timeout.Policy) {
+	p := c.owner.hub.ownerOf(c).policyFor(upstream{raw: c.upstream}, c.remote)
+	return p[0], p[1]
+}
+
+// jitter returns d scaled by a random factor in [1+lo, 1+hi].
+func jitter(d time.Duration, lo, hi float64) time.Duration {
+	return time.Duration(float64(d) * (1 + lo + rand.Float64()*(hi-lo)))
 }
 
 // Destruct closes every live connection with 1001: Caddy is stopping.

@@ -42,6 +42,8 @@ const (
 	DefaultWriteTimeout     = 30 * time.Second
 	DefaultDialTimeout      = 5 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultReloadCloseDelay = 5 * time.Second
+	DefaultCloseReason      = "max lifetime reached"
 )
 
 // Handler is the websocket gateway, Caddy module http.handlers.websocket.
@@ -107,6 +109,22 @@ type Handler struct {
 	// clients) are allowed. Refused origins get 403.
 	Origins []string `json:"origins,omitempty"`
 
+	// MaxLifetime closes a connection with 1001 after this long, give or
+	// take 10% at random so that clients connected together don't all
+	// reconnect together. Default off.
+	MaxLifetime caddy.Duration `json:"max_lifetime,omitempty"`
+
+	// CloseReason is the reason sent with the MaxLifetime close. Default
+	// "max lifetime reached".
+	CloseReason string `json:"close_reason,omitempty"`
+
+	// ReloadCloseDelay is how long after a config reload a connection whose
+	// upstream is gone from the new config is closed with 1012 (Service
+	// Restart), plus up to 50% at random to spread the reconnects. Live
+	// connections whose upstream is still configured (same mode) are kept
+	// and take the new config's policies. Default 5s.
+	ReloadCloseDelay caddy.Duration `json:"reload_close_delay,omitempty"`
+
 	// Client is the idle-timeout policy of the client leg.
 	Client *Side `json:"client,omitempty"`
 
@@ -128,8 +146,27 @@ type Side struct {
 	// leg (nothing received from it, or nothing sent to it). Pings go
 	// between frames, masked towards the backend as a client's must be;
 	// the Pongs that answer them are consumed, not forwarded. "off"
-	// disables. Default 20s.
+	// disables. "auto" learns the interval: half the shortest silence
+	// after which this upstream (backend side) or this client network (a
+	// /24 or /64; client side) dropped a connection, within KeepaliveMin
+	// and KeepaliveMax, and KeepaliveMax until something is learned.
+	// Default 20s.
 	Keepalive Timeout `json:"keepalive,omitempty"`
+
+	// KeepaliveMin bounds a learned keepalive interval from below; shorter
+	// silences are not taken for idle timeouts. Default 1s.
+	KeepaliveMin caddy.Duration `json:"keepalive_min,omitempty"`
+
+	// KeepaliveMax bounds a learned keepalive interval from above and is
+	// the interval before anything is learned. Default 20s.
+	KeepaliveMax caddy.Duration `json:"keepalive_max,omitempty"`
+
+	// Announce (client side) adds the header WebSocket-Idle-Timeout to the
+	// 101 response, and to plain requests on the route, so that client
+	// code can set its own heartbeat: "ping=20; pong=15; idle=300", in
+	// seconds, naming what is on: the gateway's keepalive interval towards
+	// this client, its pong deadline and its idle timeout.
+	Announce bool `json:"announce,omitempty"`
 
 	// PongTimeout closes the leg when a keepalive Ping is not answered
 	// within this long. Default 15s.
@@ -170,6 +207,14 @@ func (s *Side) policy() timeout.Policy {
 	if s == nil {
 		s = &Side{}
 	}
+	if s.Keepalive == Auto {
+		return timeout.Policy{
+			Keepalive:    s.bounds().max,
+			PongTimeout:  s.PongTimeout.or(DefaultPongTimeout),
+			IdleTimeout:  s.IdleTimeout.or(0),
+			WriteTimeout: s.WriteTimeout.or(DefaultWriteTimeout),
+		}
+	}
 	return timeout.Policy{
 		Keepalive:    s.Keepalive.or(DefaultKeepalive),
 		PongTimeout:  s.PongTimeout.or(DefaultPongTimeout),
@@ -177,6 +222,21 @@ func (s *Side) policy() timeout.Policy {
 		WriteTimeout: s.WriteTimeout.or(DefaultWriteTimeout),
 	}
 }
+
+type bounds struct{ min, max time.Duration }
+
+func (s *Side) bounds() bounds {
+	b := bounds{time.Second, DefaultKeepalive}
+	if s != nil && s.KeepaliveMin > 0 {
+		b.min = time.Duration(s.KeepaliveMin)
+	}
+	if s != nil && s.KeepaliveMax > 0 {
+		b.max = time.Duration(s.KeepaliveMax)
+	}
+	return b
+}
+
+func (s *Side) auto() bool { return s != nil && s.Keepalive == Auto }
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -208,6 +268,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.holdsHub = true
+	h.hub.register(h)
 	return nil
 }
 
@@ -245,6 +306,23 @@ func (h *Handler) Validate() error {
 	if h.MaxMessageSize < 0 {
 		return fmt.Errorf("websocket: max_message_size must be positive")
 	}
+	for _, sd := range []struct {
+		name string
+		s    *Side
+	}{{"client", h.Client}, {"backend", h.Backend}} {
+		if sd.s == nil {
+			continue
+		}
+		if sd.s.PongTimeout == Auto || sd.s.IdleTimeout == Auto || sd.s.WriteTimeout == Auto {
+			return fmt.Errorf("websocket: %s: only keepalive can be auto", sd.name)
+		}
+		if b := sd.s.bounds(); b.min > b.max {
+			return fmt.Errorf("websocket: %s: keepalive_min %v is above keepalive_max %v", sd.name, b.min, b.max)
+		}
+		if sd.s.Announce && sd.name == "backend" {
+			return fmt.Errorf("websocket: announce belongs in the client block")
+		}
+	}
 	switch h.LBPolicy {
 	case "", "first", "round_robin":
 	default:
@@ -264,6 +342,7 @@ func (h *Handler) Cleanup() error {
 	// h.hub stays set: requests of this config may still be in flight, and
 	// the connections they start belong to the hub all the same.
 	h.holdsHub = false
+	h.hub.retire(h)
 	return releaseHub()
 }
 
@@ -271,6 +350,9 @@ func (h *Handler) Cleanup() error {
 // to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !upgrade.IsWebSocket(r) {
+		if h.Client != nil && h.Client.Announce {
+			h.announce(w.Header(), h.policyFor(upstream{}, r.RemoteAddr)[0])
+		}
 		return next.ServeHTTP(w, r)
 	}
 	if upgrade.IsExtendedConnect(r) {
@@ -324,14 +406,22 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Erro
 //	    max_message_size <size>
 //	    compression on|off
 //	    subprotocols <names...>
+//	    max_lifetime <duration>
+//	    close_reason <text>
+//	    reload_close_delay <duration>
 //	    client {
-//	        keepalive <interval>|off
+//	        keepalive <interval>|off|auto
+//	        keepalive_min <duration>
+//	        keepalive_max <duration>
 //	        pong_timeout <duration>
 //	        idle_timeout <duration>|off
 //	        write_timeout <duration>|off
+//	        announce
 //	    }
 //	    backend {
-//	        keepalive <interval>|off
+//	        keepalive <interval>|off|auto
+//	        keepalive_min <duration>
+//	        keepalive_max <duration>
 //	        pong_timeout <duration>
 //	        idle_timeout <duration>|off
 //	        write_timeout <duration>|off

@@ -33,11 +33,15 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
 	for k, v := range res.Header {
 		w.Header()[k] = v
 	}
+	pol := h.policyFor(up, r.RemoteAddr)
+	if h.Client != nil && h.Client.Announce {
+		h.announce(w.Header(), pol[0])
+	}
 	client, fromClient, ok := h.hijack(w, r, backend)
 	if !ok {
 		return
 	}
-	h.startTunnel(r, client, backend, up, res, fromClient, buffered(br))
+	h.startTunnel(r, client, backend, up, pol, res, fromClient, buffered(br))
 }
 
 // openBackend dials a backend, sends it req and checks its answer to the

@@ -7,17 +7,20 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/terminate"
+	"github.com/caddy-websocket/caddy-websocket/timeout"
 	"github.com/caddy-websocket/caddy-websocket/tunnel"
 )
 
 // startTunnel hands an upgraded pair to a tunnel owned by the hub.
-func (h *Handler) startTunnel(r *http.Request, client, backend net.Conn, up upstream, res *http.Response, fromClient, fromBackend []byte) {
+func (h *Handler) startTunnel(r *http.Request, client, backend net.Conn, up upstream, pol [2]timeout.Policy, res *http.Response, fromClient, fromBackend []byte) {
 	c := h.newLive(r, up, "tunnel")
 	t := tunnel.New(client, backend, tunnel.Config{
-		Client:  h.policy[tunnel.Client],
-		Backend: h.policy[tunnel.Backend],
+		Client:  pol[tunnel.Client],
+		Backend: pol[tunnel.Backend],
 		OnClose: func(s tunnel.Summary) { h.closed(c, s, 0) },
+		OnDrop:  func(side tunnel.Side, silence time.Duration) { h.hub.ownerOf(c).learn(c, side, silence) },
 	})
 	c.relay = t
 	h.opened(c, res.Header.Get("Sec-WebSocket-Protocol"), res.Header.Get("Sec-WebSocket-Extensions"))
@@ -29,6 +32,7 @@ func (h *Handler) startTunnel(r *http.Request, client, backend net.Conn, up upst
 func (h *Handler) startTerminate(r *http.Request, client, backend net.Conn, up upstream, cfg terminate.Config, subprotocol string, fromClient, fromBackend []byte) {
 	c := h.newLive(r, up, "terminate")
 	cfg.OnClose = func(s terminate.Summary) { h.closed(c, s.Summary, s.Reconnects) }
+	cfg.OnDrop = func(side tunnel.Side, silence time.Duration) { h.hub.ownerOf(c).learn(c, side, silence) }
 	cfg.OnReconnect = func(attempt int, err error) {
 		if err != nil {
 			h.logger.Warn("websocket backend reconnect failed", zap.String("id", c.id), zap.Int("attempt", attempt), zap.Error(err))
@@ -47,12 +51,21 @@ func (h *Handler) startTerminate(r *http.Request, client, backend net.Conn, up u
 }
 
 func (h *Handler) newLive(r *http.Request, up upstream, mode string) *live {
-	return &live{mode: mode, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, start: time.Now()}
+	ip, _ := clientIP(r.RemoteAddr)
+	return &live{mode: mode, owner: h, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, clientIP: ip, start: time.Now()}
 }
 
-// opened registers a connection with the hub and logs it.
+// opened registers a connection with the hub, arms its lifetime and logs
+// it.
 func (h *Handler) opened(c *live, subprotocol, extensions string) {
 	h.hub.add(c)
+	if lt := time.Duration(h.MaxLifetime); lt > 0 {
+		reason := h.CloseReason
+		if reason == "" {
+			reason = DefaultCloseReason
+		}
+		c.lifetime = time.AfterFunc(jitter(lt, -0.1, 0.1), func() { c.relay.Close(frame.CloseGoingAway, reason) })
+	}
 	h.logger.Info("websocket connected",
 		zap.String("id", c.id),
 		zap.String("mode", c.mode),

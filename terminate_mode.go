@@ -72,6 +72,10 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 	if deflate {
 		out.Set("Sec-WebSocket-Extensions", terminate.DeflateResponse)
 	}
+	pol := h.policyFor(up, r.RemoteAddr)
+	if h.Client != nil && h.Client.Announce {
+		h.announce(out, pol[0])
+	}
 	client, fromClient, ok := h.hijack(w, r, backend)
 	if !ok {
 		return
@@ -88,8 +92,8 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 		side = &Side{}
 	}
 	cfg := terminate.Config{
-		Client:            h.policy[tunnel.Client],
-		Backend:           h.policy[tunnel.Backend],
+		Client:            pol[tunnel.Client],
+		Backend:           pol[tunnel.Backend],
 		MaxMessageSize:    h.MaxMessageSize,
 		Deflate:           deflate,
 		Reconnect:         side.OnClose == "reconnect",

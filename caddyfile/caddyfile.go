@@ -45,8 +45,14 @@ func Parse(d *caddyfile.Dispenser) (map[string]any, error) {
 				return nil, err
 			}
 			cfg["lb_policy"] = v
-		case "dial_timeout", "handshake_timeout":
+		case "dial_timeout", "handshake_timeout", "max_lifetime", "reload_close_delay":
 			v, err := duration(d, false)
+			if err != nil {
+				return nil, err
+			}
+			cfg[opt] = v
+		case "close_reason":
+			v, err := oneArg(d)
 			if err != nil {
 				return nil, err
 			}
@@ -100,12 +106,39 @@ func parseSide(d *caddyfile.Dispenser, name string) (map[string]any, error) {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "keepalive", "idle_timeout", "write_timeout":
+		case "keepalive":
+			if d.CountRemainingArgs() == 1 && d.NextArg() {
+				if d.Val() == "auto" {
+					side[opt] = "auto"
+					continue
+				}
+				d.Prev()
+			}
 			v, err := duration(d, true)
 			if err != nil {
 				return nil, err
 			}
 			side[opt] = v
+		case "idle_timeout", "write_timeout":
+			v, err := duration(d, true)
+			if err != nil {
+				return nil, err
+			}
+			side[opt] = v
+		case "keepalive_min", "keepalive_max":
+			v, err := duration(d, false)
+			if err != nil {
+				return nil, err
+			}
+			side[opt] = v
+		case "announce":
+			if name != "client" {
+				return nil, d.Errf("announce belongs in the client block")
+			}
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			side[opt] = true
 		case "pong_timeout":
 			v, err := duration(d, false)
 			if err != nil {
@@ -152,7 +185,10 @@ func duration(d *caddyfile.Dispenser, offOK bool) (string, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil {
 		if offOK {
-			return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, or off)", opt, v)
+			if opt == "keepalive" {
+			return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, off or auto)", opt, v)
+		}
+		return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, or off)", opt, v)
 		}
 		return "", d.Errf("%s: bad duration %q (want e.g. 10s, 1m30s)", opt, v)
 	}

@@ -55,6 +55,8 @@ type Config struct {
 	Now func() time.Time
 	// OnClose, if set, is called once when the connection is over.
 	OnClose func(Summary)
+	// OnDrop is the tunnel's: a side ended on its own after silence.
+	OnDrop func(side tunnel.Side, silence time.Duration)
 }
 
 // Summary describes a finished connection: the tunnel's summary and the
@@ -123,6 +125,40 @@ func (c *Conn) Start(fromClient, fromBackend []byte) {
 	c.running = 2
 	go c.client.run(fromClient)
 	go c.backend.run(fromBackend)
+}
+
+// SetPolicy puts new idle-timeout policies in force on a live connection,
+// and on backends it re-dials later.
+func (c *Conn) SetPolicy(client, backend timeout.Policy) {
+	c.mu.Lock()
+	c.cfg.Client, c.cfg.Backend = client, backend
+	b := c.backend
+	c.mu.Unlock()
+	c.client.live.SetPolicy(client)
+	if b != nil {
+		b.live.SetPolicy(backend)
+	}
+}
+
+// Policy returns the policy in force on a side.
+func (c *Conn) Policy(s tunnel.Side) timeout.Policy {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s == tunnel.Client {
+		return c.cfg.Client
+	}
+	return c.cfg.Backend
+}
+
+func (c *Conn) dropped(e *endpoint, silence time.Duration) {
+	if c.cfg.OnDrop == nil {
+		return
+	}
+	side := tunnel.Backend
+	if e == c.client {
+		side = tunnel.Client
+	}
+	c.cfg.OnDrop(side, silence)
 }
 
 // Close ends the connection from the gateway: both sides get Close with
@@ -335,8 +371,8 @@ func (c *Conn) isDone() bool {
 
 // resume makes conn the backend and sends it the held messages, in order.
 func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
-	e := newEndpoint(c, "backend", conn, false, false, c.cfg.Backend)
 	c.mu.Lock()
+	e := newEndpoint(c, "backend", conn, false, false, c.cfg.Backend)
 	defer c.mu.Unlock()
 	if c.done {
 		conn.Close()

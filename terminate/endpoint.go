@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
@@ -44,22 +45,24 @@ type endpoint struct {
 	maxMsg  int64
 
 	// Reader-owned.
-	hdr      [frame.MaxHeaderSize]byte
-	hdrN     int
-	cur      frame.Header
-	inFrame  bool
-	remain   int64
-	maskPos  int
-	inMsg    bool
-	msgOp    frame.Opcode
-	msgFlate bool
-	msg      []byte
-	text     utf8Stream
-	ctl      [frame.MaxControlPayload]byte
-	ctlN     int
-	failed   bool // a protocol error was answered: ignore the rest
-	pingSeq  uint32
-	notified bool // the Conn was told how the session ended
+	hdr         [frame.MaxHeaderSize]byte
+	hdrN        int
+	cur         frame.Header
+	inFrame     bool
+	remain      int64
+	maskPos     int
+	inMsg       bool
+	msgOp       frame.Opcode
+	msgFlate    bool
+	msg         []byte
+	text        utf8Stream
+	ctl         [frame.MaxControlPayload]byte
+	ctlN        int
+	failed      bool // a protocol error was answered: ignore the rest
+	pingSeq     uint32
+	notified    bool          // the Conn was told how the session ended
+	silence     time.Duration // both ways, before the last read
+	pingSilence time.Duration // both ways, before the last ping
 
 	closeRecv atomic.Bool
 
@@ -99,10 +102,14 @@ func (e *endpoint) run(initial []byte) {
 				}
 				continue
 			}
+			if !e.closeRecv.Load() && !e.live.Closing() {
+				e.c.dropped(e, e.live.Silence())
+			}
 			e.end(ending{code: frame.CloseAbnormal, reason: e.side + " went away: " + err.Error()})
 			break
 		}
 		e.bytes.Add(int64(len(b)))
+		e.silence = e.live.Silence()
 		e.live.Read()
 		e.feed(b)
 	}
@@ -133,6 +140,7 @@ func (e *endpoint) onDeadline() bool {
 		var p [8]byte
 		binary.BigEndian.PutUint32(p[:4], pingTag)
 		binary.BigEndian.PutUint32(p[4:], e.pingSeq)
+		e.pingSilence = e.live.Silence()
 		e.live.PingSent()
 		e.pings.Add(1)
 		e.writeControl(frame.OpPing, p[:])
@@ -142,6 +150,7 @@ func (e *endpoint) onDeadline() bool {
 	case timeout.ClosePong:
 		e.close(frame.CloseGoingAway, "ping timeout")
 		e.live.StartClosing(0)
+		e.c.dropped(e, e.pingSilence)
 		e.end(ending{code: frame.CloseGoingAway, reason: e.side + " did not answer ping"})
 	}
 	return false
@@ -341,6 +350,9 @@ func (e *endpoint) control(op frame.Opcode, p []byte) {
 				e.fail(frame.CloseProtocolError, "invalid close frame")
 			}
 			return
+		}
+		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !e.closeRecv.Load() && !e.sentClose() {
+			e.c.dropped(e, e.silence) // the peer closed first: perhaps its idle timer
 		}
 		e.closeRecv.Store(true)
 		if !e.sentClose() {

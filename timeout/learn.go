@@ -11,14 +11,10 @@ import (
 // Each time a connection is dropped without a Close after the leg was
 // silent both ways for a while, that silence is an upper bound on the
 // timeout; the smallest seen is the best bound. Keepalive then pings at a
-// safe fraction of it, within [Min, Max].
+// safe fraction of it, within the bounds each caller gives.
 //
 // A Learner is safe for concurrent use.
 type Learner struct {
-	// Min and Max bound the keepalive interval it gives. Max is also the
-	// interval used before anything is learned.
-	Min, Max time.Duration
-
 	mu      sync.Mutex
 	learned time.Duration // smallest idle drop seen; 0: none
 	drops   int
@@ -30,10 +26,10 @@ const SafeFraction = 0.5
 
 // Observe records a drop after silence (no frame either way for that long)
 // and reports whether the learned timeout went down. Silences shorter than
-// Min are not idle drops (the peer was not idle long enough for any sane
+// min are not idle drops (the peer was not idle long enough for any sane
 // idle timeout) and teach nothing.
-func (l *Learner) Observe(silence time.Duration) bool {
-	if silence < l.Min {
+func (l *Learner) Observe(silence, min time.Duration) bool {
+	if silence < min || silence <= 0 {
 		return false
 	}
 	l.mu.Lock()
@@ -54,15 +50,16 @@ func (l *Learner) Learned() (time.Duration, int) {
 	return l.learned, l.drops
 }
 
-// Interval returns the keepalive interval to use now.
-func (l *Learner) Interval() time.Duration {
+// Interval returns the keepalive interval to use now: a safe fraction of
+// the learned timeout within [min, max], or max before anything is learned.
+func (l *Learner) Interval(min, max time.Duration) time.Duration {
 	l.mu.Lock()
 	t := l.learned
 	l.mu.Unlock()
 	if t == 0 {
-		return l.Max
+		return max
 	}
-	return clamp(time.Duration(float64(t)*SafeFraction), l.Min, l.Max)
+	return clamp(time.Duration(float64(t)*SafeFraction), min, max)
 }
 
 func clamp(d, lo, hi time.Duration) time.Duration {
@@ -79,8 +76,7 @@ func clamp(d, lo, hi time.Duration) time.Duration {
 // IPv6: the granularity at which NATs and carrier proxies usually share a
 // timeout), at most Limit of them; the least recently used goes first.
 type Networks struct {
-	Min, Max time.Duration
-	Limit    int
+	Limit int
 
 	mu    sync.Mutex
 	nets  map[netip.Prefix]*netEntry
@@ -126,9 +122,24 @@ func (n *Networks) For(ip netip.Addr) *Learner {
 		}
 		delete(n.nets, oldest)
 	}
-	e := &netEntry{l: &Learner{Min: n.Min, Max: n.Max}, used: n.clock}
+	e := &netEntry{l: &Learner{}, used: n.clock}
 	n.nets[key] = e
 	return e.l
+}
+
+// Each calls f for every tracked network that learned something.
+func (n *Networks) Each(f func(netip.Prefix, *Learner)) {
+	n.mu.Lock()
+	all := make(map[netip.Prefix]*Learner, len(n.nets))
+	for k, e := range n.nets {
+		all[k] = e.l
+	}
+	n.mu.Unlock()
+	for k, l := range all {
+		if t, _ := l.Learned(); t > 0 {
+			f(k, l)
+		}
+	}
 }
 
 // Len returns how many networks are tracked.

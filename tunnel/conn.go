@@ -48,6 +48,11 @@ type Config struct {
 	Now func() time.Time
 	// OnClose, if set, is called once when both legs are closed.
 	OnClose func(Summary)
+	// OnDrop, if set, is told when a side ends the connection on its own
+	// (vanishes, stops answering pings, or sends Close 1000/1001 first)
+	// after being silent both ways for silence: what timeout.Learner
+	// learns idle timeouts from.
+	OnDrop func(side Side, silence time.Duration)
 }
 
 // Summary describes a finished connection.
@@ -105,6 +110,21 @@ func (c *Conn) Start(fromClient, fromBackend []byte) {
 	c.readers = 2
 	go c.legs[Client].run(fromClient)
 	go c.legs[Backend].run(fromBackend)
+}
+
+// SetPolicy puts new idle-timeout policies in force on a live connection.
+func (c *Conn) SetPolicy(client, backend timeout.Policy) {
+	c.legs[Client].live.SetPolicy(client)
+	c.legs[Backend].live.SetPolicy(backend)
+}
+
+// Policy returns the policy in force on a side.
+func (c *Conn) Policy(s Side) timeout.Policy { return c.legs[s].live.Policy() }
+
+func (c *Conn) dropped(s Side, silence time.Duration) {
+	if c.cfg.OnDrop != nil {
+		c.cfg.OnDrop(s, silence)
+	}
 }
 
 // Close ends the connection from the gateway's side: both legs get a Close

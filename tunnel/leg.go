@@ -31,8 +31,10 @@ type leg struct {
 	live liveness.Watch
 
 	// Reader-owned.
-	scan    scanner
-	pingSeq uint32
+	scan        scanner
+	pingSeq     uint32
+	silence     time.Duration // both ways, before the last read
+	pingSilence time.Duration // both ways, before the last ping
 
 	closeRecv                 atomic.Bool // a Close frame came from the peer
 	bytes, msgs, pings, pongs atomic.Int64
@@ -77,9 +79,13 @@ func (l *leg) run(initial []byte) {
 				continue
 			}
 			why = err.Error()
+			if !l.closeRecv.Load() && !l.live.Closing() {
+				l.c.dropped(l.side, l.live.Silence())
+			}
 			break
 		}
 		l.bytes.Add(int64(len(b)))
+		l.silence = l.live.Silence()
 		l.live.Read()
 		l.scan.relay(l, b)
 	}
@@ -112,6 +118,7 @@ func (l *leg) onDeadline() bool {
 		}
 		// The peer is unresponsive: don't wait for its Close.
 		l.live.StartClosing(0)
+		l.c.dropped(l.side, l.pingSilence)
 	}
 	return false
 }
@@ -122,6 +129,7 @@ func (l *leg) sendPing() {
 	var p [8]byte
 	binary.BigEndian.PutUint32(p[:4], pingTag)
 	binary.BigEndian.PutUint32(p[4:], l.pingSeq)
+	l.pingSilence = l.live.Silence()
 	l.live.PingSent()
 	l.pings.Add(1)
 	l.sendControl(l.frame(frame.OpPing, p[:]), false)

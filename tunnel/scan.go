@@ -195,6 +195,10 @@ func (s *scanner) heldFrame(src *leg, h frame.Header, payload []byte) bool {
 		return src.isOwnPong(p[:n])
 	case frame.OpClose:
 		code, reason, _ := frame.ParseClose(p[:n])
+		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !src.closeRecv.Load() && !src.sentClose() {
+			// The peer closed first: perhaps its idle timer.
+			src.c.dropped(src.side, src.silence)
+		}
 		src.closeRecv.Store(true)
 		src.c.record(src.side.String(), code, reason)
 	}
