@@ -186,9 +186,9 @@ func duration(d *caddyfile.Dispenser, offOK bool) (string, error) {
 	if err != nil {
 		if offOK {
 			if opt == "keepalive" {
-			return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, off or auto)", opt, v)
-		}
-		return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, or off)", opt, v)
+				return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, off or auto)", opt, v)
+			}
+			return "", d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, or off)", opt, v)
 		}
 		return "", d.Errf("%s: bad duration %q (want e.g. 10s, 1m30s)", opt, v)
 	}
