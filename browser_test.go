@@ -116,6 +116,7 @@ func TestBrowserChatSurvivesSilence(t *testing.T) {
 		websocket /ws %[1]s {
 			client {
 				keepalive 300ms
+				announce
 			}
 			backend {
 				keepalive 300ms
@@ -149,6 +150,9 @@ func TestBrowserChatSurvivesSilence(t *testing.T) {
 		t.Fatalf("alice: %v", err)
 	}
 	t.Logf("gateway: alice %q, bob %q", text(t, gAlice, "#status"), text(t, gBob, "#status"))
+	if err := chromedp.Do(gAlice, waitText("#announced", "ping=0.3; pong=15", 2*time.Second)); err != nil {
+		t.Fatalf("announced timeouts on the page: %v", err)
+	}
 
 	// Through stock reverse_proxy: dropped by the backend's idle timeout.
 	for _, tab := range []context.Context{sAlice, sBob} {

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -64,6 +65,7 @@ func StartCaddyPorts(t testing.TB, sites string, n int) []string {
 	cf := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n"+
 		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", logFile) + sites
 	LoadCaddyfile(t, cf)
+	logFiles.Store(t.Name(), logFile)
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
 			t.Logf("caddy stop: %v", err)
@@ -76,6 +78,39 @@ func StartCaddyPorts(t testing.TB, sites string, n int) []string {
 		}
 	})
 	return addrs
+}
+
+var logFiles sync.Map // test name → Caddy's log file
+
+// LogEntries returns the entries of the test's Caddy log (StartCaddy) whose
+// msg is msg.
+func LogEntries(t testing.TB, msg string) []map[string]any {
+	t.Helper()
+	path, ok := logFiles.Load(t.Name())
+	if !ok {
+		t.Fatal("no Caddy log for this test")
+	}
+	b, err := os.ReadFile(path.(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(line, &m) == nil && m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// LoadJSON loads a JSON config; Caddy stops when the test ends.
+func LoadJSON(t testing.TB, js []byte) {
+	t.Helper()
+	if err := caddy.Load(js, true); err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { caddy.Stop() })
 }
 
 // LoadCaddyfile adapts and loads a whole Caddyfile, as a reload would.
