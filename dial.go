@@ -80,7 +80,7 @@ func (h *Handler) dial(ctx context.Context) (net.Conn, upstream, *upgrade.Error)
 		errs = append(errs, u.raw+": "+dialReason(err))
 	}
 	return nil, upstream{}, &upgrade.Error{
-		Status: http.StatusBadGateway,
+		Status: http.StatusBadGateway, Code: "backend_unreachable",
 		Reason: "no backend reachable (" + strings.Join(errs, "; ") + ")",
 	}
 }
@@ -170,21 +170,13 @@ func writeRequest(uri, host string, hdr http.Header) []byte {
 	return b.Bytes()
 }
 
-// backendRequest is the tunnel's upgrade request for the backend: the
-// client's handshake, so the key, subprotocol and extensions are
-// negotiated end to end.
-func backendRequest(r *http.Request) []byte {
-	uri, host := requestTarget(r)
-	return writeRequest(uri, host, forwardHeaders(r))
-}
-
 // handshake sends the upgrade request on conn and reads the backend's
 // answer. The returned reader may hold bytes the backend sent after its
 // response headers.
 func handshake(conn net.Conn, req []byte, timeout time.Duration) (*http.Response, *bufio.Reader, *upgrade.Error) {
 	conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(req); err != nil {
-		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway,
+		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway, Code: "backend_invalid",
 			Reason: "backend closed the connection before the upgrade request was sent: " + err.Error()}
 	}
 	br := bufio.NewReaderSize(conn, 4096)
@@ -192,10 +184,10 @@ func handshake(conn net.Conn, req []byte, timeout time.Duration) (*http.Response
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, nil, &upgrade.Error{Status: http.StatusGatewayTimeout,
+			return nil, nil, &upgrade.Error{Status: http.StatusGatewayTimeout, Code: "backend_timeout",
 				Reason: fmt.Sprintf("backend did not answer the upgrade within %v", timeout)}
 		}
-		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway,
+		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway, Code: "backend_invalid",
 			Reason: "backend sent no valid HTTP response to the upgrade: " + err.Error()}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/tunnel"
 )
 
 // hubs holds the one connection hub of the process. It lives in a
@@ -38,12 +39,15 @@ type hub struct {
 type relay interface {
 	Close(code int, reason string)
 	SetPolicy(client, backend timeout.Policy)
+	Stats() tunnel.Stats
 }
 
 // live is a connection the hub owns.
 type live struct {
-	id       string
-	mode     string
+	id          string
+	mode        string
+	subprotocol string
+	compression string
 	relay    relay
 	owner    *Handler // the config whose policies it runs under
 	upstream string
@@ -73,17 +77,59 @@ func releaseHub() error {
 	return err
 }
 
-// add registers a connection under a fresh id.
+// newID returns a connection id: 64 random bits, so ids from different
+// Caddy instances can share one log without clashing.
+func newID() string { return fmt.Sprintf("%016x", rand.Uint64()) }
+
+// add registers a connection under its id.
 func (h *hub) add(c *live) {
 	h.mu.Lock()
+	h.conns[c.id] = c
+	h.mu.Unlock()
+}
+
+// get returns a live connection by id.
+func (h *hub) get(id string) *live {
+	h.mu.Lock()
 	defer h.mu.Unlock()
-	for {
-		c.id = fmt.Sprintf("%016x", rand.Uint64())
-		if _, dup := h.conns[c.id]; !dup {
-			break
+	return h.conns[id]
+}
+
+// snapshot returns the live connections. Only the pointers are copied
+// under the lock; callers read each connection's state without it.
+func (h *hub) snapshot() []*live {
+	h.mu.Lock()
+	out := make([]*live, 0, len(h.conns))
+	for _, c := range h.conns {
+		out = append(out, c)
+	}
+	h.mu.Unlock()
+	return out
+}
+
+// learnedTimeouts returns what was learned per upstream.
+func (h *hub) learnedTimeouts() map[string]time.Duration {
+	h.mu.Lock()
+	ls := make(map[string]*timeout.Learner, len(h.learners))
+	for k, l := range h.learners {
+		ls[k] = l
+	}
+	h.mu.Unlock()
+	out := make(map[string]time.Duration, len(ls))
+	for k, l := range ls {
+		if t, _ := l.Learned(); t > 0 {
+			out[k] = t
 		}
 	}
-	h.conns[c.id] = c
+	return out
+}
+
+// eachHub calls f with the process's hub, if there is one.
+func eachHub(f func(*hub)) {
+	hubs.Range(func(_, v any) bool {
+		f(v.(*hub))
+		return true
+	})
 }
 
 func (h *hub) remove(id string) {

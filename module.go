@@ -249,6 +249,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the handler.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	var err error
 	if h.origins, err = upgrade.ParseOrigins(h.Origins); err != nil {
 		return err
@@ -377,6 +380,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // refuse answers a refused upgrade with its status and one-line reason, and
 // logs why.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Error) {
+	countUpgrade(e.Code)
 	h.logger.Info("websocket upgrade refused",
 		zap.Int("status", e.Status),
 		zap.String("reason", e.Reason),

@@ -13,6 +13,10 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/upgrade"
 )
 
+// IDHeader carries the connection's id to the backend, so that its logs
+// and the gateway's can be joined.
+const IDHeader = "X-Websocket-Id"
+
 // proxy takes a validated upgrade request through the data path: dial a
 // backend, hand it the upgrade, check its answer, answer the client, and
 // hand both connections to a relay (a tunnel, or a terminated pair). It
@@ -24,10 +28,15 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := r.Header.Get("Sec-WebSocket-Key")
-	backend, up, res, br, ok := h.openBackend(w, r, backendRequest(r), key)
+	id := newID()
+	hdr := forwardHeaders(r)
+	hdr.Set(IDHeader, id)
+	uri, host := requestTarget(r)
+	backend, up, res, br, ok := h.openBackend(w, r, writeRequest(uri, host, hdr), key)
 	if !ok {
 		return
 	}
+	h.debugHandshake(id, up, r.Header, res.Header)
 	// The backend's 101 goes to the client as it came (subprotocol,
 	// extensions, cookies): the handshake is end to end.
 	for k, v := range res.Header {
@@ -41,7 +50,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.startTunnel(r, client, backend, up, pol, res, fromClient, buffered(br))
+	h.startTunnel(r, id, client, backend, up, pol, res, fromClient, buffered(br))
 }
 
 // openBackend dials a backend, sends it req and checks its answer to the
@@ -54,6 +63,7 @@ func (h *Handler) openBackend(w http.ResponseWriter, r *http.Request, req []byte
 		h.backendFailed(w, r, up, err)
 		return nil, up, nil, nil, false
 	case res.StatusCode != http.StatusSwitchingProtocols:
+		countUpgrade("backend_refused")
 		h.passThrough(w, r, up, res)
 		backend.Close()
 		return nil, up, nil, nil, false
@@ -123,6 +133,7 @@ func buffered(br *bufio.Reader) []byte {
 
 // backendFailed answers a client whose backend failed the handshake.
 func (h *Handler) backendFailed(w http.ResponseWriter, r *http.Request, up upstream, e *upgrade.Error) {
+	countUpgrade(e.Code)
 	h.logger.Warn("websocket backend handshake failed",
 		zapUpstream(up),
 		zap.Int("status", e.Status),
@@ -153,6 +164,25 @@ func (h *Handler) passThrough(w http.ResponseWriter, r *http.Request, up upstrea
 	}
 	w.WriteHeader(res.StatusCode)
 	io.Copy(w, res.Body)
+}
+
+// debugHandshake logs both handshakes' headers at debug level, with
+// credentials redacted.
+func (h *Handler) debugHandshake(id string, up upstream, req, res http.Header) {
+	if ce := h.logger.Check(zap.DebugLevel, "websocket handshake"); ce != nil {
+		ce.Write(zap.String("id", id), zapUpstream(up),
+			zap.Any("request_headers", redacted(req)), zap.Any("response_headers", redacted(res)))
+	}
+}
+
+func redacted(h http.Header) http.Header {
+	c := h.Clone()
+	for _, k := range []string{"Cookie", "Set-Cookie", "Authorization", "Proxy-Authorization"} {
+		if _, ok := c[k]; ok {
+			c[k] = []string{"REDACTED"}
+		}
+	}
+	return c
 }
 
 func zapUpstream(u upstream) zap.Field { return zap.String("upstream", u.raw) }

@@ -14,51 +14,57 @@ import (
 )
 
 // startTunnel hands an upgraded pair to a tunnel owned by the hub.
-func (h *Handler) startTunnel(r *http.Request, client, backend net.Conn, up upstream, pol [2]timeout.Policy, res *http.Response, fromClient, fromBackend []byte) {
-	c := h.newLive(r, up, "tunnel")
+func (h *Handler) startTunnel(r *http.Request, id string, client, backend net.Conn, up upstream, pol [2]timeout.Policy, res *http.Response, fromClient, fromBackend []byte) {
+	c := h.newLive(r, id, up, "tunnel")
 	t := tunnel.New(client, backend, tunnel.Config{
 		Client:  pol[tunnel.Client],
 		Backend: pol[tunnel.Backend],
 		OnClose: func(s tunnel.Summary) { h.closed(c, s, 0) },
 		OnDrop:  func(side tunnel.Side, silence time.Duration) { h.hub.ownerOf(c).learn(c, side, silence) },
+		OnPong:  observeRTT,
 	})
 	c.relay = t
-	h.opened(c, res.Header.Get("Sec-WebSocket-Protocol"), res.Header.Get("Sec-WebSocket-Extensions"))
+	c.subprotocol = res.Header.Get("Sec-WebSocket-Protocol")
+	c.compression = res.Header.Get("Sec-WebSocket-Extensions")
+	h.opened(c)
 	t.Start(fromClient, fromBackend)
 }
 
 // startTerminate hands an upgraded pair to a terminated relay owned by the
 // hub.
-func (h *Handler) startTerminate(r *http.Request, client, backend net.Conn, up upstream, cfg terminate.Config, subprotocol string, fromClient, fromBackend []byte) {
-	c := h.newLive(r, up, "terminate")
+func (h *Handler) startTerminate(r *http.Request, id string, client, backend net.Conn, up upstream, cfg terminate.Config, subprotocol string, fromClient, fromBackend []byte) {
+	c := h.newLive(r, id, up, "terminate")
 	cfg.OnClose = func(s terminate.Summary) { h.closed(c, s.Summary, s.Reconnects) }
 	cfg.OnDrop = func(side tunnel.Side, silence time.Duration) { h.hub.ownerOf(c).learn(c, side, silence) }
+	cfg.OnPong = observeRTT
 	cfg.OnReconnect = func(attempt int, err error) {
 		if err != nil {
 			h.logger.Warn("websocket backend reconnect failed", zap.String("id", c.id), zap.Int("attempt", attempt), zap.Error(err))
 			return
 		}
+		countReconnect()
 		h.logger.Info("websocket backend reconnected", zap.String("id", c.id), zap.Int("attempt", attempt))
 	}
 	t := terminate.New(client, backend, cfg)
 	c.relay = t
-	compression := ""
+	c.subprotocol = subprotocol
 	if cfg.Deflate {
-		compression = "permessage-deflate"
+		c.compression = "permessage-deflate"
 	}
-	h.opened(c, subprotocol, compression)
+	h.opened(c)
 	t.Start(fromClient, fromBackend)
 }
 
-func (h *Handler) newLive(r *http.Request, up upstream, mode string) *live {
+func (h *Handler) newLive(r *http.Request, id string, up upstream, mode string) *live {
 	ip, _ := clientIP(r.RemoteAddr)
-	return &live{mode: mode, owner: h, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, clientIP: ip, start: time.Now()}
+	return &live{id: id, mode: mode, owner: h, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, clientIP: ip, start: time.Now()}
 }
 
 // opened registers a connection with the hub, arms its lifetime and logs
 // it.
-func (h *Handler) opened(c *live, subprotocol, extensions string) {
+func (h *Handler) opened(c *live) {
 	h.hub.add(c)
+	countUpgrade("accepted")
 	if lt := time.Duration(h.MaxLifetime); lt > 0 {
 		reason := h.CloseReason
 		if reason == "" {
@@ -72,13 +78,15 @@ func (h *Handler) opened(c *live, subprotocol, extensions string) {
 		zap.String("remote", c.remote),
 		zap.String("path", c.path),
 		zap.String("upstream", c.upstream),
-		zap.String("subprotocol", subprotocol),
-		zap.String("extensions", extensions))
+		zap.String("subprotocol", c.subprotocol),
+		zap.String("extensions", c.compression))
 }
 
 // closed unregisters a finished connection and logs it, once.
 func (h *Handler) closed(c *live, s tunnel.Summary, reconnects int) {
 	h.hub.remove(c.id)
+	countClose(s.Closer, s.Code)
+	addClosed(s)
 	h.logger.Info("websocket closed",
 		zap.String("id", c.id),
 		zap.String("mode", c.mode),

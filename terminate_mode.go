@@ -23,7 +23,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
 	if len(h.Subprotocols) > 0 && !slices.ContainsFunc(offered, func(p string) bool { return slices.Contains(h.Subprotocols, p) }) {
 		h.refuse(w, r, &upgrade.Error{
-			Status: http.StatusBadRequest, Header: "Sec-WebSocket-Protocol", Value: strings.Join(offered, ", "),
+			Status: http.StatusBadRequest, Code: "subprotocol", Header: "Sec-WebSocket-Protocol", Value: strings.Join(offered, ", "),
 			Reason: fmt.Sprintf("client offers none of the required subprotocols (%s)", strings.Join(h.Subprotocols, ", ")),
 		})
 		return
@@ -34,15 +34,18 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 	uri, host := requestTarget(r)
 	key := newKey()
 	hdr.Set("Sec-WebSocket-Key", key)
+	id := newID()
+	hdr.Set(IDHeader, id)
 	backend, up, res, br, ok := h.openBackend(w, r, writeRequest(uri, host, hdr), key)
 	if !ok {
 		return
 	}
+	h.debugHandshake(id, up, r.Header, res.Header)
 	chosen := res.Header.Get("Sec-WebSocket-Protocol")
 	switch {
 	case chosen != "" && !slices.Contains(offered, chosen):
 		backend.Close()
-		h.backendFailed(w, r, up, &upgrade.Error{Status: http.StatusBadGateway, Header: "Sec-WebSocket-Protocol", Value: chosen,
+		h.backendFailed(w, r, up, &upgrade.Error{Status: http.StatusBadGateway, Code: "backend_invalid", Header: "Sec-WebSocket-Protocol", Value: chosen,
 			Reason: fmt.Sprintf("backend chose subprotocol %q, which the client did not offer", chosen)})
 		return
 	case chosen == "":
@@ -114,7 +117,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 			return conn, buffered(br), nil
 		},
 	}
-	h.startTerminate(r, client, backend, up, cfg, chosen, fromClient, buffered(br))
+	h.startTerminate(r, id, client, backend, up, cfg, chosen, fromClient, buffered(br))
 }
 
 // tokens splits all values of a comma-separated header.

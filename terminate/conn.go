@@ -57,6 +57,8 @@ type Config struct {
 	OnClose func(Summary)
 	// OnDrop is the tunnel's: a side ended on its own after silence.
 	OnDrop func(side tunnel.Side, silence time.Duration)
+	// OnPong is the tunnel's: the round trip of an answered keepalive.
+	OnPong func(side tunnel.Side, rtt time.Duration)
 }
 
 // Summary describes a finished connection: the tunnel's summary and the
@@ -140,6 +142,22 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 	}
 }
 
+// Stats returns a live view of the connection; the backend's counters
+// include those of backends it replaced.
+func (c *Conn) Stats() tunnel.Stats {
+	c.mu.Lock()
+	cl, b, old, n := c.stats[0], c.stats[1], c.backendOld, c.reconnects
+	c.mu.Unlock()
+	leg := func(e *endpoint, base [4]int64) tunnel.LegStats {
+		return tunnel.LegStats{
+			Bytes: e.bytes.Load() + base[0], Messages: e.msgs.Load() + base[1],
+			Pings: e.pings.Load() + base[2], Pongs: e.pongs.Load() + base[3],
+			RTT: time.Duration(e.rtt.Load()), Times: e.live.Snapshot(),
+		}
+	}
+	return tunnel.Stats{Legs: [2]tunnel.LegStats{leg(cl, [4]int64{}), leg(b, old)}, Reconnects: n}
+}
+
 // Policy returns the policy in force on a side.
 func (c *Conn) Policy(s tunnel.Side) timeout.Policy {
 	c.mu.Lock()
@@ -150,15 +168,18 @@ func (c *Conn) Policy(s tunnel.Side) timeout.Policy {
 	return c.cfg.Backend
 }
 
+func (c *Conn) sideOf(e *endpoint) tunnel.Side {
+	if e == c.client {
+		return tunnel.Client
+	}
+	return tunnel.Backend
+}
+
 func (c *Conn) dropped(e *endpoint, silence time.Duration) {
 	if c.cfg.OnDrop == nil {
 		return
 	}
-	side := tunnel.Backend
-	if e == c.client {
-		side = tunnel.Client
-	}
-	c.cfg.OnDrop(side, silence)
+	c.cfg.OnDrop(c.sideOf(e), silence)
 }
 
 // Close ends the connection from the gateway: both sides get Close with

@@ -336,6 +336,9 @@ func (e *endpoint) control(op frame.Opcode, p []byte) {
 			if binary.BigEndian.Uint32(p[4:]) == e.pingSeq {
 				if rtt := e.live.PongReceived(); rtt > 0 {
 					e.rtt.Store(int64(rtt))
+					if e.c.cfg.OnPong != nil {
+						e.c.cfg.OnPong(e.c.sideOf(e), rtt)
+					}
 				}
 			}
 			return

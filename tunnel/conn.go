@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -53,6 +54,8 @@ type Config struct {
 	// after being silent both ways for silence: what timeout.Learner
 	// learns idle timeouts from.
 	OnDrop func(side Side, silence time.Duration)
+	// OnPong, if set, is told the round trip of each answered keepalive.
+	OnPong func(side Side, rtt time.Duration)
 }
 
 // Summary describes a finished connection.
@@ -70,6 +73,21 @@ type Summary struct {
 	Bytes, Messages, Pings, Pongs [2]int64
 	// RTT is the round trip of the last answered ping on each side.
 	RTT [2]time.Duration
+}
+
+// LegStats is a live view of one side of a connection.
+type LegStats struct {
+	// Bytes and Messages the side sent; Pings the gateway sent it and the
+	// Pongs that answered; RTT of the last answered Ping.
+	Bytes, Messages, Pings, Pongs int64
+	RTT                           time.Duration
+	liveness.Times
+}
+
+// Stats is a live view of a connection, indexed by Side.
+type Stats struct {
+	Legs       [2]LegStats
+	Reconnects int
 }
 
 // Conn is one relayed connection.
@@ -116,6 +134,19 @@ func (c *Conn) Start(fromClient, fromBackend []byte) {
 func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 	c.legs[Client].live.SetPolicy(client)
 	c.legs[Backend].live.SetPolicy(backend)
+}
+
+// Stats returns a live view of the connection.
+func (c *Conn) Stats() Stats {
+	var s Stats
+	for i := range c.legs {
+		l := &c.legs[i]
+		s.Legs[i] = LegStats{
+			Bytes: l.bytes.Load(), Messages: l.msgs.Load(), Pings: l.pings.Load(), Pongs: l.pongs.Load(),
+			RTT: time.Duration(l.rtt.Load()), Times: l.live.Snapshot(),
+		}
+	}
+	return s
 }
 
 // Policy returns the policy in force on a side.

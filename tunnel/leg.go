@@ -145,6 +145,9 @@ func (l *leg) isOwnPong(p []byte) bool {
 	if binary.BigEndian.Uint32(p[4:]) == l.pingSeq {
 		if rtt := l.live.PongReceived(); rtt > 0 {
 			l.rtt.Store(int64(rtt))
+			if l.c.cfg.OnPong != nil {
+				l.c.cfg.OnPong(l.side, rtt)
+			}
 		}
 	}
 	return true

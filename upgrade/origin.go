@@ -68,11 +68,11 @@ func (o Origins) Check(r *http.Request) *Error {
 		if o.exact["null"] {
 			return nil
 		}
-		return refuse(http.StatusForbidden, "Origin", origin, "origin null is not allowed")
+		return refuse(http.StatusForbidden, "origin", "Origin", origin, "origin null is not allowed")
 	}
 	u, err := url.Parse(origin)
 	if err != nil || u.Host == "" {
-		return refuse(http.StatusForbidden, "Origin", origin, "malformed Origin %q", origin)
+		return refuse(http.StatusForbidden, "origin", "Origin", origin, "malformed Origin %q", origin)
 	}
 	scheme := strings.ToLower(u.Scheme)
 	host := stripDefaultPort(scheme, u.Host)
@@ -82,7 +82,7 @@ func (o Origins) Check(r *http.Request) *Error {
 	if host == stripDefaultPort(scheme, strings.ToLower(r.Host)) {
 		return nil
 	}
-	return refuse(http.StatusForbidden, "Origin", origin,
+	return refuse(http.StatusForbidden, "origin", "Origin", origin,
 		"origin %q is not allowed for host %q (list it in origins)", origin, r.Host)
 }
 

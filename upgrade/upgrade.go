@@ -26,15 +26,19 @@ type Error struct {
 	Header string
 	// Value is what that header held (cut to 256 bytes).
 	Value string
+	// Code names the refusal in a word, for metrics: method, http_version,
+	// upgrade, connection, version, key, body, origin, subprotocol,
+	// backend_unreachable, backend_timeout, backend_invalid.
+	Code string
 }
 
 func (e *Error) Error() string { return e.Reason }
 
-func refuse(status int, header, value, format string, args ...any) *Error {
+func refuse(status int, code, header, value, format string, args ...any) *Error {
 	if len(value) > 256 {
 		value = value[:256]
 	}
-	return &Error{Status: status, Reason: fmt.Sprintf(format, args...), Header: header, Value: value}
+	return &Error{Status: status, Code: code, Reason: fmt.Sprintf(format, args...), Header: header, Value: value}
 }
 
 // Version is the only protocol version RFC 6455 defines; it is what a 426
@@ -63,57 +67,57 @@ func IsExtendedConnect(r *http.Request) bool {
 // It returns nil for a valid request.
 func ValidateRequest(r *http.Request) *Error {
 	if r.Method != http.MethodGet {
-		return refuse(http.StatusBadRequest, "", r.Method,
+		return refuse(http.StatusBadRequest, "method", "", r.Method,
 			"WebSocket upgrade requires method GET, got %s", r.Method)
 	}
 	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
-		return refuse(http.StatusBadRequest, "", r.Proto,
+		return refuse(http.StatusBadRequest, "http_version", "", r.Proto,
 			"WebSocket upgrade requires HTTP/1.1, got %s", r.Proto)
 	}
 	if !HasToken(r.Header, "Upgrade", "websocket") {
 		v := strings.Join(r.Header.Values("Upgrade"), ", ")
 		if v == "" {
-			return refuse(http.StatusBadRequest, "Upgrade", v, "missing Upgrade: websocket header")
+			return refuse(http.StatusBadRequest, "upgrade", "Upgrade", v, "missing Upgrade: websocket header")
 		}
-		return refuse(http.StatusBadRequest, "Upgrade", v, "bad Upgrade header %q: want websocket", v)
+		return refuse(http.StatusBadRequest, "upgrade", "Upgrade", v, "bad Upgrade header %q: want websocket", v)
 	}
 	if !HasToken(r.Header, "Connection", "upgrade") {
 		v := strings.Join(r.Header.Values("Connection"), ", ")
-		return refuse(http.StatusBadRequest, "Connection", v,
+		return refuse(http.StatusBadRequest, "connection", "Connection", v,
 			"bad Connection header %q: it must contain the token upgrade", v)
 	}
 	switch vs := r.Header.Values("Sec-WebSocket-Version"); {
 	case len(vs) == 0:
-		return refuse(http.StatusBadRequest, "Sec-WebSocket-Version", "",
+		return refuse(http.StatusBadRequest, "version", "Sec-WebSocket-Version", "",
 			"missing Sec-WebSocket-Version header: want 13")
 	case len(vs) > 1:
 		v := strings.Join(vs, ", ")
-		return refuse(http.StatusBadRequest, "Sec-WebSocket-Version", v,
+		return refuse(http.StatusBadRequest, "version", "Sec-WebSocket-Version", v,
 			"more than one Sec-WebSocket-Version header: %q", v)
 	case strings.TrimSpace(vs[0]) != Version:
-		return refuse(http.StatusUpgradeRequired, "Sec-WebSocket-Version", vs[0],
+		return refuse(http.StatusUpgradeRequired, "version", "Sec-WebSocket-Version", vs[0],
 			"unsupported Sec-WebSocket-Version %q: this server speaks 13", vs[0])
 	}
 	switch ks := r.Header.Values("Sec-WebSocket-Key"); {
 	case len(ks) == 0:
-		return refuse(http.StatusBadRequest, "Sec-WebSocket-Key", "", "missing Sec-WebSocket-Key header")
+		return refuse(http.StatusBadRequest, "key", "Sec-WebSocket-Key", "", "missing Sec-WebSocket-Key header")
 	case len(ks) > 1:
 		v := strings.Join(ks, ", ")
-		return refuse(http.StatusBadRequest, "Sec-WebSocket-Key", v, "more than one Sec-WebSocket-Key header")
+		return refuse(http.StatusBadRequest, "key", "Sec-WebSocket-Key", v, "more than one Sec-WebSocket-Key header")
 	case !validKey(ks[0]):
-		return refuse(http.StatusBadRequest, "Sec-WebSocket-Key", ks[0],
+		return refuse(http.StatusBadRequest, "key", "Sec-WebSocket-Key", ks[0],
 			"bad Sec-WebSocket-Key %q: want base64 of 16 bytes", ks[0])
 	}
 	// A body on an upgrade request would be read by nobody and could smuggle
 	// a second request past the gateway into the backend.
 	if len(r.TransferEncoding) > 0 {
 		v := strings.Join(r.TransferEncoding, ", ")
-		return refuse(http.StatusBadRequest, "Transfer-Encoding", v,
+		return refuse(http.StatusBadRequest, "body", "Transfer-Encoding", v,
 			"an upgrade request must not have a body (Transfer-Encoding: %s)", v)
 	}
 	if r.ContentLength != 0 {
 		v := r.Header.Get("Content-Length")
-		return refuse(http.StatusBadRequest, "Content-Length", v,
+		return refuse(http.StatusBadRequest, "body", "Content-Length", v,
 			"an upgrade request must not have a body (Content-Length: %s)", v)
 	}
 	return nil
@@ -160,16 +164,16 @@ func AcceptKey(key string) string {
 func CheckResponse(res *http.Response, key string) *Error {
 	if !HasToken(res.Header, "Upgrade", "websocket") {
 		v := strings.Join(res.Header.Values("Upgrade"), ", ")
-		return refuse(http.StatusBadGateway, "Upgrade", v,
+		return refuse(http.StatusBadGateway, "backend_invalid", "Upgrade", v,
 			"backend answered 101 with Upgrade %q, not websocket", v)
 	}
 	if !HasToken(res.Header, "Connection", "upgrade") {
 		v := strings.Join(res.Header.Values("Connection"), ", ")
-		return refuse(http.StatusBadGateway, "Connection", v,
+		return refuse(http.StatusBadGateway, "backend_invalid", "Connection", v,
 			"backend answered 101 with Connection %q, not upgrade", v)
 	}
 	if got, want := res.Header.Get("Sec-WebSocket-Accept"), AcceptKey(key); got != want {
-		return refuse(http.StatusBadGateway, "Sec-WebSocket-Accept", got,
+		return refuse(http.StatusBadGateway, "backend_invalid", "Sec-WebSocket-Accept", got,
 			"backend answered 101 with a wrong Sec-WebSocket-Accept %q (want %q)", got, want)
 	}
 	return nil

@@ -181,3 +181,35 @@ func (w *Watch) ArmWrite() {
 		w.conn.SetWriteDeadline(w.wdeadline)
 	}
 }
+
+// Times is a snapshot of a leg's activity for the admin view.
+type Times struct {
+	LastRead, LastWrite time.Time
+	// Next is when the policy next acts on its own (a ping, or an idle or
+	// pong-timeout close), and NextAction what it will be; zero when
+	// nothing is scheduled.
+	Next       time.Time
+	NextAction timeout.Action
+}
+
+// Snapshot reads the leg's activity and its next scheduled event.
+func (w *Watch) Snapshot() Times {
+	st := w.state()
+	now := w.now()
+	t := Times{LastRead: st.LastRead, LastWrite: st.LastWrite}
+	if w.Closing() {
+		return t
+	}
+	p := w.Policy()
+	act, next := p.Decide(st, now)
+	if act != timeout.None {
+		t.Next, t.NextAction = now, act
+		return t
+	}
+	t.Next = next
+	// Which event is it: step to it and ask again.
+	if !next.IsZero() {
+		t.NextAction, _ = p.Decide(st, next)
+	}
+	return t
+}

@@ -51,6 +51,19 @@ func StartCaddy(t testing.TB, sites string) string {
 // first, "{PORT2}" the second, and so on.
 func StartCaddyPorts(t testing.TB, sites string, n int) []string {
 	t.Helper()
+	return startCaddy(t, sites, n, "off")
+}
+
+// StartCaddyAdmin is StartCaddy with Caddy's admin endpoint on a free
+// loopback port, whose address it returns second.
+func StartCaddyAdmin(t testing.TB, sites string) (addr, admin string) {
+	t.Helper()
+	admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	return startCaddy(t, sites, 1, admin)[0], admin
+}
+
+func startCaddy(t testing.TB, sites string, n int, admin string) []string {
+	t.Helper()
 	var addrs []string
 	for i := 1; i <= n; i++ {
 		port := fmt.Sprint(FreePort(t))
@@ -62,8 +75,8 @@ func StartCaddyPorts(t testing.TB, sites string, n int) []string {
 	}
 	// Caddy's log goes to a file that is shown only when the test fails.
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	cf := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n"+
-		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", logFile) + sites
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n"+
+		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", admin, logFile) + sites
 	LoadCaddyfile(t, cf)
 	logFiles.Store(t.Name(), logFile)
 	t.Cleanup(func() {

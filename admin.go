@@ -1,0 +1,264 @@
+package websocket
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/timeout"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+//go:embed admin.html
+var adminPage []byte
+
+// AdminAPI is Caddy module admin.api.websocket: the gateway's live
+// connections and what it learned, on Caddy's admin endpoint.
+//
+//	GET    /websocket/                    a live page (connection table, sparkline)
+//	GET    /websocket/connections         live connections (?limit=100&after=<id>)
+//	GET    /websocket/connections/{id}    one connection
+//	DELETE /websocket/connections/{id}    close it (?code=1008&reason=...)
+//	GET    /websocket/upstreams           learned idle timeouts
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.websocket",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/websocket/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.Path, "/websocket/")
+	switch {
+	case rest == "" && r.Method == http.MethodGet:
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+		_, err := w.Write(adminPage)
+		return err
+	case rest == "connections" && r.Method == http.MethodGet:
+		return a.list(w, r)
+	case strings.HasPrefix(rest, "connections/"):
+		id := strings.TrimPrefix(rest, "connections/")
+		c := findLive(id)
+		if c == nil {
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no live connection %q", id)}
+		}
+		switch r.Method {
+		case http.MethodGet:
+			return writeJSON(w, c.view(time.Now()))
+		case http.MethodDelete:
+			return a.close(w, r, c)
+		}
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use GET or DELETE")}
+	case rest == "upstreams" && r.Method == http.MethodGet:
+		return writeJSON(w, learnedView())
+	}
+	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such websocket admin route: %s %s", r.Method, r.URL.Path)}
+}
+
+func findLive(id string) *live {
+	var c *live
+	eachHub(func(h *hub) {
+		if c == nil {
+			c = h.get(id)
+		}
+	})
+	return c
+}
+
+// list pages through the live connections in id order. The hub's lock is
+// held only to copy pointers; each connection is read without it.
+func (a AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > 10000 {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("limit: want 1 to 10000")}
+		}
+		limit = n
+	}
+	after := r.URL.Query().Get("after")
+	var all []*live
+	eachHub(func(h *hub) { all = append(all, h.snapshot()...) })
+	slices.SortFunc(all, func(a, b *live) int { return strings.Compare(a.id, b.id) })
+	start, _ := slices.BinarySearchFunc(all, after, func(c *live, id string) int {
+		if c.id <= id {
+			return -1
+		}
+		return 1
+	})
+	if after == "" {
+		start = 0
+	}
+	page := all[start:]
+	next := ""
+	if len(page) > limit {
+		page = page[:limit]
+		next = page[limit-1].id
+	}
+	now := time.Now()
+	out := struct {
+		Total       int        `json:"total"`
+		Connections []connView `json:"connections"`
+		Next        string     `json:"next,omitempty"`
+	}{Total: len(all), Connections: make([]connView, 0, len(page)), Next: next}
+	for _, c := range page {
+		out.Connections = append(out.Connections, c.view(now))
+	}
+	return writeJSON(w, out)
+}
+
+// close ends a connection cleanly with the given code and reason.
+func (a AdminAPI) close(w http.ResponseWriter, r *http.Request, c *live) error {
+	code := frame.ClosePolicyViolation
+	if v := r.URL.Query().Get("code"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || !frame.ValidCloseCode(n) {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("code %q: want a Close code that may be sent (1000-1003, 1007-1014, 3000-4999)", v)}
+		}
+		code = n
+	}
+	reason := r.URL.Query().Get("reason")
+	if reason == "" {
+		reason = "closed by the administrator"
+	}
+	if len(reason) > frame.MaxCloseReason {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("reason: at most %d bytes", frame.MaxCloseReason)}
+	}
+	c.relay.Close(code, reason)
+	c.owner.logger.Info("websocket close requested through the admin API",
+		zap.String("id", c.id), zap.Int("code", code), zap.String("reason", reason))
+	return writeJSON(w, map[string]any{"id": c.id, "code": code, "reason": reason})
+}
+
+// connView is a connection as the admin API shows it.
+type connView struct {
+	ID          string  `json:"id"`
+	Mode        string  `json:"mode"`
+	Route       string  `json:"route"`
+	Client      string  `json:"client"`
+	Upstream    string  `json:"upstream"`
+	Started     string  `json:"started"`
+	AgeSeconds  float64 `json:"age_seconds"`
+	Subprotocol string  `json:"subprotocol,omitempty"`
+	Compression string  `json:"compression,omitempty"`
+	Reconnects  int     `json:"reconnects"`
+	ClientLeg   legView `json:"client_leg"`
+	BackendLeg  legView `json:"backend_leg"`
+}
+
+// legView is one side: what it sent, the gateway's pings to it, and what
+// its policy does next.
+type legView struct {
+	Bytes            int64    `json:"bytes"`
+	Messages         int64    `json:"messages"`
+	Pings            int64    `json:"pings"`
+	Pongs            int64    `json:"pongs"`
+	RTTMillis        float64  `json:"rtt_ms"`
+	LastReadSeconds  float64  `json:"last_read_seconds_ago"`
+	LastWriteSeconds float64  `json:"last_write_seconds_ago"`
+	NextEvent        string   `json:"next_event,omitempty"`
+	NextInSeconds    *float64 `json:"next_event_in_seconds,omitempty"`
+	Keepalive        float64  `json:"keepalive_seconds"`
+}
+
+func (c *live) view(now time.Time) connView {
+	st := c.relay.Stats()
+	v := connView{
+		ID: c.id, Mode: c.mode, Route: c.path, Client: c.remote, Upstream: c.upstream,
+		Started: c.start.UTC().Format(time.RFC3339), AgeSeconds: now.Sub(c.start).Seconds(),
+		Subprotocol: c.subprotocol, Compression: c.compression, Reconnects: st.Reconnects,
+	}
+	pol := [2]timeout.Policy{}
+	pol[0], pol[1] = c.policies()
+	for i, lv := range []*legView{&v.ClientLeg, &v.BackendLeg} {
+		l := st.Legs[i]
+		*lv = legView{
+			Bytes: l.Bytes, Messages: l.Messages, Pings: l.Pings, Pongs: l.Pongs,
+			RTTMillis: float64(l.RTT) / float64(time.Millisecond), Keepalive: pol[i].Keepalive.Seconds(),
+			LastReadSeconds: now.Sub(l.LastRead).Seconds(), LastWriteSeconds: now.Sub(l.LastWrite).Seconds(),
+		}
+		if !l.Next.IsZero() {
+			in := l.Next.Sub(now).Seconds()
+			lv.NextEvent, lv.NextInSeconds = l.NextAction.String(), &in
+		}
+	}
+	return v
+}
+
+// learnedView lists what the gateway learned about idle timeouts.
+func learnedView() any {
+	type upView struct {
+		Upstream           string  `json:"upstream"`
+		IdleTimeoutSeconds float64 `json:"learned_idle_timeout_seconds"`
+		Drops              int     `json:"drops_seen"`
+		Open               int     `json:"open_connections"`
+	}
+	type netView struct {
+		Network            string  `json:"network"`
+		IdleTimeoutSeconds float64 `json:"learned_idle_timeout_seconds"`
+		Drops              int     `json:"drops_seen"`
+	}
+	out := struct {
+		Upstreams []upView  `json:"upstreams"`
+		Networks  []netView `json:"client_networks"`
+	}{Upstreams: []upView{}, Networks: []netView{}}
+	eachHub(func(h *hub) {
+		open := map[string]int{}
+		for _, c := range h.snapshot() {
+			open[c.upstream]++
+		}
+		h.mu.Lock()
+		ls := make(map[string]*timeout.Learner, len(h.learners))
+		for k, l := range h.learners {
+			ls[k] = l
+		}
+		h.mu.Unlock()
+		for up, l := range ls {
+			t, n := l.Learned()
+			out.Upstreams = append(out.Upstreams, upView{up, t.Seconds(), n, open[up]})
+			delete(open, up)
+		}
+		for up, n := range open {
+			out.Upstreams = append(out.Upstreams, upView{Upstream: up, Open: n})
+		}
+		h.networks.Each(func(p netip.Prefix, l *timeout.Learner) {
+			t, n := l.Learned()
+			out.Networks = append(out.Networks, netView{p.String(), t.Seconds(), n})
+		})
+	})
+	slices.SortFunc(out.Upstreams, func(a, b upView) int { return strings.Compare(a.Upstream, b.Upstream) })
+	slices.SortFunc(out.Networks, func(a, b netView) int { return strings.Compare(a.Network, b.Network) })
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = AdminAPI{}

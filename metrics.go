@@ -1,0 +1,172 @@
+package websocket
+
+import (
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-websocket/caddy-websocket/tunnel"
+)
+
+// Metrics go to Caddy's metrics registry, so they appear on its /metrics
+// endpoint beside the rest. Labels are bounded: no client addresses, close
+// codes of the private ranges folded into 3xxx and 4xxx, upstreams as
+// configured.
+const metricsNS, metricsSub = "caddy", "websocket"
+
+var wsMetrics = struct {
+	once       sync.Once
+	upgrades   *prometheus.CounterVec
+	closes     *prometheus.CounterVec
+	reconnects prometheus.Counter
+	rtt        *prometheus.HistogramVec
+	hub        *hubCollector
+}{}
+
+func initMetrics(reg *prometheus.Registry) error {
+	wsMetrics.once.Do(func() {
+		wsMetrics.upgrades = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "upgrades_total",
+			Help: "WebSocket upgrade requests by result: accepted, a refusal reason (method, http_version, upgrade, connection, version, key, body, origin, subprotocol), a backend error (backend_unreachable, backend_timeout, backend_invalid), or backend_refused (a non-101 answer passed on).",
+		}, []string{"result"})
+		wsMetrics.closes = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "closes_total",
+			Help: "Finished connections by who closed (client, backend, gateway) and Close code (1006: vanished without one).",
+		}, []string{"closer", "code"})
+		wsMetrics.reconnects = prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "reconnects_total",
+			Help: "Backend connections re-dialled under a connected client (terminate mode).",
+		})
+		wsMetrics.rtt = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "pong_rtt_seconds",
+			Help:    "Round trip of the gateway's keepalive pings, by side.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"side"})
+		wsMetrics.hub = &hubCollector{}
+	})
+	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.reconnects, wsMetrics.rtt, wsMetrics.hub} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func countUpgrade(result string) {
+	if wsMetrics.upgrades != nil {
+		wsMetrics.upgrades.WithLabelValues(result).Inc()
+	}
+}
+
+func countClose(closer string, code int) {
+	if wsMetrics.closes != nil {
+		wsMetrics.closes.WithLabelValues(closer, codeLabel(code)).Inc()
+	}
+}
+
+func countReconnect() {
+	if wsMetrics.reconnects != nil {
+		wsMetrics.reconnects.Inc()
+	}
+}
+
+func observeRTT(side tunnel.Side, rtt time.Duration) {
+	if wsMetrics.rtt != nil {
+		wsMetrics.rtt.WithLabelValues(side.String()).Observe(rtt.Seconds())
+	}
+}
+
+// codeLabel keeps the code label bounded: the 3000–4999 ranges are the
+// applications', with two thousand values each.
+func codeLabel(code int) string {
+	switch {
+	case code >= 3000 && code < 4000:
+		return "3xxx"
+	case code >= 4000 && code < 5000:
+		return "4xxx"
+	case code >= 1000 && code < 1016:
+		return strconv.Itoa(code)
+	}
+	return "other"
+}
+
+// closedTotals accumulate the counters of finished connections; the
+// collector adds the live ones at scrape time, so the relays' hot paths
+// touch no shared metric.
+var closedTotals struct {
+	bytes, messages, pings [2]atomic.Int64
+}
+
+func addClosed(s tunnel.Summary) {
+	for i := range 2 {
+		closedTotals.bytes[i].Add(s.Bytes[i])
+		closedTotals.messages[i].Add(s.Messages[i])
+		closedTotals.pings[i].Add(s.Pings[i])
+	}
+}
+
+// hubCollector reads the hubs at scrape time.
+type hubCollector struct{}
+
+var (
+	descOpen = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_connections_open",
+		"Live WebSocket connections by mode and upstream.", []string{"mode", "upstream"}, nil)
+	descBytes = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_bytes_total",
+		"Bytes relayed, by the side that sent them.", []string{"from"}, nil)
+	descMessages = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_messages_total",
+		"Messages relayed, by the side that sent them.", []string{"from"}, nil)
+	descPings = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_pings_total",
+		"Keepalive pings the gateway sent, by side.", []string{"to"}, nil)
+	descLearned = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_learned_idle_timeout_seconds",
+		"Idle timeout learned per upstream (keepalive auto): the shortest silence before a drop.", []string{"upstream"}, nil)
+)
+
+func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descOpen, descBytes, descMessages, descPings, descLearned} {
+		ch <- d
+	}
+}
+
+func (hubCollector) Collect(ch chan<- prometheus.Metric) {
+	type key struct{ mode, upstream string }
+	open := map[key]int{}
+	var bytes, messages, pings [2]int64
+	for i := range 2 {
+		bytes[i] = closedTotals.bytes[i].Load()
+		messages[i] = closedTotals.messages[i].Load()
+		pings[i] = closedTotals.pings[i].Load()
+	}
+	learned := map[string]float64{}
+	eachHub(func(h *hub) {
+		for _, c := range h.snapshot() {
+			open[key{c.mode, c.upstream}]++
+			st := c.relay.Stats()
+			for i := range 2 {
+				bytes[i] += st.Legs[i].Bytes
+				messages[i] += st.Legs[i].Messages
+				pings[i] += st.Legs[i].Pings
+			}
+		}
+		for up, l := range h.learnedTimeouts() {
+			learned[up] = l.Seconds()
+		}
+	})
+	for k, n := range open {
+		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(n), k.mode, k.upstream)
+	}
+	for i, side := range []string{"client", "backend"} {
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(bytes[i]), side)
+		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(messages[i]), side)
+		ch <- prometheus.MustNewConstMetric(descPings, prometheus.CounterValue, float64(pings[i]), side)
+	}
+	for up, v := range learned {
+		ch <- prometheus.MustNewConstMetric(descLearned, prometheus.GaugeValue, v, up)
+	}
+}
