@@ -49,7 +49,14 @@ func (a AdminAPI) Routes() []caddy.AdminRoute {
 }
 
 func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	rest := strings.TrimPrefix(r.URL.Path, "/websocket/")
+	return serveStatus(w, r, strings.TrimPrefix(r.URL.Path, "/websocket/"))
+}
+
+// serveStatus answers the status routes, rest being the path below the
+// status root: "" (the page), "connections", "connections/{id}",
+// "upstreams".
+func serveStatus(w http.ResponseWriter, r *http.Request, rest string) error {
+	var a AdminAPI
 	switch {
 	case rest == "" && r.Method == http.MethodGet:
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -76,9 +76,13 @@ func waitText(sel, want string, d time.Duration) chromedp.Action[chromedp.Void] 
 		end := time.Now().Add(d)
 		var got string
 		for time.Now().Before(end) {
+			// The query waits for the element to exist: bound it too.
+			qctx, cancel := context.WithDeadline(ctx, end)
 			var err error
-			if got, err = chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(sel))); err != nil {
-				return err
+			got, err = chromedp.Run(qctx, chromedp.TextContent(chromedp.CSS(sel)))
+			cancel()
+			if err != nil {
+				return fmt.Errorf("%s: %w", sel, err)
 			}
 			if strings.Contains(got, want) {
 				return nil

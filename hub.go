@@ -48,14 +48,14 @@ type live struct {
 	mode        string
 	subprotocol string
 	compression string
-	relay    relay
-	owner    *Handler // the config whose policies it runs under
-	upstream string
-	path     string
-	remote   string
-	clientIP netip.Addr
-	start    time.Time
-	lifetime *time.Timer
+	relay       relay
+	owner       *Handler // the config whose policies it runs under
+	upstream    string
+	path        string
+	remote      string
+	clientIP    netip.Addr
+	start       time.Time
+	lifetime    *time.Timer
 }
 
 func loadHub() (*hub, error) {
