@@ -149,10 +149,10 @@ func (c *Conn) Stats() tunnel.Stats {
 	cl, b, old, n := c.stats[0], c.stats[1], c.backendOld, c.reconnects
 	c.mu.Unlock()
 	leg := func(e *endpoint, base [4]int64) tunnel.LegStats {
+		pings, pongs, rtt := e.live.Pings()
 		return tunnel.LegStats{
 			Bytes: e.bytes.Load() + base[0], Messages: e.msgs.Load() + base[1],
-			Pings: e.pings.Load() + base[2], Pongs: e.pongs.Load() + base[3],
-			RTT: time.Duration(e.rtt.Load()), Times: e.live.Snapshot(),
+			Pings: pings + base[2], Pongs: pongs + base[3], RTT: rtt, Times: e.live.Snapshot(),
 		}
 	}
 	return tunnel.Stats{Legs: [2]tunnel.LegStats{leg(cl, [4]int64{}), leg(b, old)}, Reconnects: n}
@@ -406,10 +406,11 @@ func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 		}
 	}
 	old := c.stats[1]
+	pings, pongs, _ := old.live.Pings()
 	c.backendOld[0] += old.bytes.Load()
 	c.backendOld[1] += old.msgs.Load()
-	c.backendOld[2] += old.pings.Load()
-	c.backendOld[3] += old.pongs.Load()
+	c.backendOld[2] += pings
+	c.backendOld[3] += pongs
 	c.stats[1] = e
 	c.queue, c.queuedSize = nil, 0
 	c.backend, c.gap, c.redialing = e, false, false
@@ -438,15 +439,12 @@ func (c *Conn) finish() {
 	}
 	c.finished = true
 	s := Summary{Summary: c.sum, Reconnects: c.reconnects}
-	cl, b := c.stats[0], c.stats[1]
-	old := c.backendOld
 	c.mu.Unlock()
+	st := c.Stats()
 	s.Start, s.End = c.start, c.cfg.Now()
-	s.Bytes = [2]int64{cl.bytes.Load(), b.bytes.Load() + old[0]}
-	s.Messages = [2]int64{cl.msgs.Load(), b.msgs.Load() + old[1]}
-	s.Pings = [2]int64{cl.pings.Load(), b.pings.Load() + old[2]}
-	s.Pongs = [2]int64{cl.pongs.Load(), b.pongs.Load() + old[3]}
-	s.RTT = [2]time.Duration{time.Duration(cl.rtt.Load()), time.Duration(b.rtt.Load())}
+	for i, l := range st.Legs {
+		s.Bytes[i], s.Messages[i], s.Pings[i], s.Pongs[i], s.RTT[i] = l.Bytes, l.Messages, l.Pings, l.Pongs, l.RTT
+	}
 	if c.cfg.OnClose != nil {
 		c.cfg.OnClose(s)
 	}

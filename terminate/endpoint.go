@@ -16,9 +16,6 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
-// pingTag marks the gateway's keepalive Ping payloads.
-var pingTag = rand.Uint32()
-
 // ending says how an endpoint's WebSocket session ended.
 type ending struct {
 	// byPeer: the peer sent a Close frame (code, reason are its).
@@ -67,7 +64,7 @@ type endpoint struct {
 	closeRecv atomic.Bool
 
 	// Counters.
-	bytes, msgs, pings, pongs, rtt atomic.Int64
+	bytes, msgs atomic.Int64
 
 	// Writer state, guarded by wmu.
 	wmu       sync.Mutex
@@ -136,13 +133,7 @@ func (e *endpoint) onDeadline() bool {
 	}
 	switch act {
 	case timeout.Ping:
-		e.pingSeq++
-		var p [8]byte
-		binary.BigEndian.PutUint32(p[:4], pingTag)
-		binary.BigEndian.PutUint32(p[4:], e.pingSeq)
-		e.pingSilence = e.live.Silence()
-		e.live.PingSent()
-		e.pings.Add(1)
+		p := e.live.NextPing()
 		e.writeControl(frame.OpPing, p[:])
 	case timeout.CloseIdle:
 		e.close(frame.CloseGoingAway, "idle timeout")
@@ -150,7 +141,7 @@ func (e *endpoint) onDeadline() bool {
 	case timeout.ClosePong:
 		e.close(frame.CloseGoingAway, "ping timeout")
 		e.live.StartClosing(0)
-		e.c.dropped(e, e.pingSilence)
+		e.c.dropped(e, e.live.PingSilence())
 		e.end(ending{code: frame.CloseGoingAway, reason: e.side + " did not answer ping"})
 	}
 	return false
@@ -331,15 +322,9 @@ func (e *endpoint) control(op frame.Opcode, p []byte) {
 		e.live.Active()
 		e.writeControl(frame.OpPong, p)
 	case frame.OpPong:
-		if len(p) == 8 && binary.BigEndian.Uint32(p) == pingTag {
-			e.pongs.Add(1)
-			if binary.BigEndian.Uint32(p[4:]) == e.pingSeq {
-				if rtt := e.live.PongReceived(); rtt > 0 {
-					e.rtt.Store(int64(rtt))
-					if e.c.cfg.OnPong != nil {
-						e.c.cfg.OnPong(e.c.sideOf(e), rtt)
-					}
-				}
+		if own, rtt := e.live.Pong(p); own {
+			if rtt > 0 && e.c.cfg.OnPong != nil {
+				e.c.cfg.OnPong(e.c.sideOf(e), rtt)
 			}
 			return
 		}

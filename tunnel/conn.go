@@ -141,10 +141,8 @@ func (c *Conn) Stats() Stats {
 	var s Stats
 	for i := range c.legs {
 		l := &c.legs[i]
-		s.Legs[i] = LegStats{
-			Bytes: l.bytes.Load(), Messages: l.msgs.Load(), Pings: l.pings.Load(), Pongs: l.pongs.Load(),
-			RTT: time.Duration(l.rtt.Load()), Times: l.live.Snapshot(),
-		}
+		s.Legs[i] = LegStats{Bytes: l.bytes.Load(), Messages: l.msgs.Load(), Times: l.live.Snapshot()}
+		s.Legs[i].Pings, s.Legs[i].Pongs, s.Legs[i].RTT = l.live.Pings()
 	}
 	return s
 }
@@ -212,9 +210,7 @@ func (c *Conn) readerDone(l *leg, why string) {
 	for _, s := range []Side{Client, Backend} {
 		sum.Bytes[s] = c.legs[s].bytes.Load()
 		sum.Messages[s] = c.legs[s].msgs.Load()
-		sum.Pings[s] = c.legs[s].pings.Load()
-		sum.Pongs[s] = c.legs[s].pongs.Load()
-		sum.RTT[s] = time.Duration(c.legs[s].rtt.Load())
+		sum.Pings[s], sum.Pongs[s], sum.RTT[s] = c.legs[s].live.Pings()
 	}
 	if c.cfg.OnClose != nil {
 		c.cfg.OnClose(sum)

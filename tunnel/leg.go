@@ -16,10 +16,6 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
-// pingTag marks the gateway's own Ping payloads (tag + sequence number), so
-// the Pongs that answer them can be told from Pongs the peers exchange.
-var pingTag = rand.Uint32()
-
 // leg is one side of a tunnel: its socket, the reader state of the frames
 // coming from it, and the writer state of the frames going to it.
 type leg struct {
@@ -31,14 +27,11 @@ type leg struct {
 	live liveness.Watch
 
 	// Reader-owned.
-	scan        scanner
-	pingSeq     uint32
-	silence     time.Duration // both ways, before the last read
-	pingSilence time.Duration // both ways, before the last ping
+	scan    scanner
+	silence time.Duration // both ways, before the last read
 
-	closeRecv                 atomic.Bool // a Close frame came from the peer
-	bytes, msgs, pings, pongs atomic.Int64
-	rtt                       atomic.Int64 // last Pong's round trip, ns
+	closeRecv   atomic.Bool // a Close frame came from the peer
+	bytes, msgs atomic.Int64
 
 	// Writer state: what has been written to the peer, guarded by wmu.
 	wmu       sync.Mutex
@@ -118,39 +111,25 @@ func (l *leg) onDeadline() bool {
 		}
 		// The peer is unresponsive: don't wait for its Close.
 		l.live.StartClosing(0)
-		l.c.dropped(l.side, l.pingSilence)
+		l.c.dropped(l.side, l.live.PingSilence())
 	}
 	return false
 }
 
 // sendPing sends the gateway's keepalive Ping to this leg's peer.
 func (l *leg) sendPing() {
-	l.pingSeq++
-	var p [8]byte
-	binary.BigEndian.PutUint32(p[:4], pingTag)
-	binary.BigEndian.PutUint32(p[4:], l.pingSeq)
-	l.pingSilence = l.live.Silence()
-	l.live.PingSent()
-	l.pings.Add(1)
+	p := l.live.NextPing()
 	l.sendControl(l.frame(frame.OpPing, p[:]), false)
 }
 
 // isOwnPong reports whether an (unmasked) Pong payload answers one of the
-// gateway's pings on this leg, and clears the outstanding ping if so.
+// gateway's pings on this leg.
 func (l *leg) isOwnPong(p []byte) bool {
-	if len(p) != 8 || binary.BigEndian.Uint32(p[:4]) != pingTag {
-		return false
+	own, rtt := l.live.Pong(p)
+	if rtt > 0 && l.c.cfg.OnPong != nil {
+		l.c.cfg.OnPong(l.side, rtt)
 	}
-	l.pongs.Add(1)
-	if binary.BigEndian.Uint32(p[4:]) == l.pingSeq {
-		if rtt := l.live.PongReceived(); rtt > 0 {
-			l.rtt.Store(int64(rtt))
-			if l.c.cfg.OnPong != nil {
-				l.c.cfg.OnPong(l.side, rtt)
-			}
-		}
-	}
-	return true
+	return own
 }
 
 // frame builds a gateway frame for this leg's peer: masked towards the

@@ -2,13 +2,13 @@ package tunnel
 
 import (
 	"bytes"
-	"encoding/binary"
 	"io"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -23,10 +23,14 @@ func enc(masked, fin bool, op frame.Opcode, payload []byte) []byte {
 	return b
 }
 
-func ownPong(seq uint32) []byte {
-	var p [8]byte
-	binary.BigEndian.PutUint32(p[:4], pingTag)
-	binary.BigEndian.PutUint32(p[4:], seq)
+// ownPong is the payload of the gateway's first ping on a leg.
+func ownPong() []byte {
+	var w liveness.Watch
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w.Init(a, timeout.Policy{}, time.Now(), time.Now)
+	p := w.NextPing()
 	return p[:]
 }
 
@@ -54,7 +58,7 @@ func TestSplitAnywhere(t *testing.T) {
 	}
 	add(enc(true, false, frame.OpText, bytes.Repeat([]byte("a"), 130)), true)
 	add(enc(true, true, frame.OpPing, []byte("ping")), true)
-	add(enc(true, true, frame.OpPong, ownPong(1)), false)
+	add(enc(true, true, frame.OpPong, ownPong()), false)
 	add(enc(true, true, frame.OpContinuation, []byte("b")), true)
 	add(enc(true, true, frame.OpPong, []byte("not ours")), true)
 	add(enc(true, true, frame.OpBinary, nil), true)
@@ -138,10 +142,11 @@ func TestOwnPongsAreConsumed(t *testing.T) {
 	if n, err := client.Read(b); err == nil {
 		t.Fatalf("the client got %x", b[:n])
 	}
-	if pings := c.legs[Backend].pings.Load(); pings < 5 {
+	pings, pongs, _ := c.legs[Backend].live.Pings()
+	if pings < 5 {
 		t.Fatalf("%d pings in 500ms at 50ms", pings)
 	}
-	if pongs := c.legs[Backend].pongs.Load(); pongs < 4 {
+	if pongs < 4 {
 		t.Fatalf("%d pongs taken as answers", pongs)
 	}
 }

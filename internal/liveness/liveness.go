@@ -7,6 +7,8 @@
 package liveness
 
 import (
+	"encoding/binary"
+	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"time"
@@ -26,6 +28,11 @@ type Watch struct {
 	lastRead, lastWrite, lastActive atomic.Int64
 	pingSent                        atomic.Int64
 	closingAt                       atomic.Int64
+
+	pings, pongs, rtt atomic.Int64 // keepalive pings sent, pongs back, last round trip (ns)
+
+	pingSeq     uint32        // reader-owned
+	pingSilence time.Duration // reader-owned: silence before the last ping
 
 	deadline  time.Time   // reader-owned: the read deadline currently set
 	rearm     atomic.Bool // consult the policy at the next Arm
@@ -79,18 +86,52 @@ func (w *Watch) Wrote() { w.lastWrite.Store(w.Now()) }
 // Active records a frame from the peer that counts against IdleTimeout.
 func (w *Watch) Active() { w.lastActive.Store(w.Now()) }
 
-// PingSent records the gateway's keepalive Ping.
-func (w *Watch) PingSent() { w.pingSent.Store(w.Now()) }
+// pingTag marks the gateway's own Ping payloads (tag + sequence number), so
+// the Pongs that answer them can be told from Pongs the peers exchange.
+var pingTag = rand.Uint32()
 
-// PongReceived records the answer to the outstanding Ping and returns its
-// round trip (0 if none was outstanding).
-func (w *Watch) PongReceived() time.Duration {
+// NextPing records a keepalive Ping about to be sent and returns its
+// payload.
+func (w *Watch) NextPing() [8]byte {
+	w.pingSeq++
+	var p [8]byte
+	binary.BigEndian.PutUint32(p[:4], pingTag)
+	binary.BigEndian.PutUint32(p[4:], w.pingSeq)
+	w.pingSilence = w.Silence()
+	w.pingSent.Store(w.Now())
+	w.pings.Add(1)
+	return p
+}
+
+// PingSilence is how long the leg was silent before the last ping: when
+// that ping goes unanswered, the peer (or a middlebox) gave up within it.
+func (w *Watch) PingSilence() time.Duration { return w.pingSilence }
+
+// Pong looks at an (unmasked) Pong payload. own reports whether it answers
+// one of the gateway's pings (and is to be consumed); rtt is its round trip
+// when it answers the outstanding one.
+func (w *Watch) Pong(p []byte) (own bool, rtt time.Duration) {
+	if len(p) != 8 || binary.BigEndian.Uint32(p[:4]) != pingTag {
+		return false, 0
+	}
+	w.pongs.Add(1)
+	if binary.BigEndian.Uint32(p[4:]) != w.pingSeq {
+		return true, 0 // a late answer to an earlier ping
+	}
 	sent := w.pingSent.Swap(0)
 	w.rearm.Store(true) // the pong deadline is gone; the next ping may be sooner
 	if sent == 0 {
-		return 0
+		return true, 0
 	}
-	return time.Duration(w.Now() - sent)
+	rtt = time.Duration(w.Now() - sent)
+	w.rtt.Store(int64(rtt))
+	return true, rtt
+}
+
+// Pings returns the keepalive counters: pings sent, pongs received, and the
+// last round trip.
+func (w *Watch) Pings() (pings, pongs int64, rtt time.Duration) {
+	return w.pings.Load(), w.pongs.Load(), time.Duration(w.rtt.Load())
 }
 
 // Closing reports whether the leg is in its close grace period.
