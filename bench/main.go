@@ -1,0 +1,143 @@
+// Command bench measures the gateway against stock Caddy reverse_proxy (and
+// nginx and HAProxy when installed), all in front of the same Go echo
+// backend, on loopback. Targets run as their own processes; the figures are
+// the targets' own costs (RSS of the process, CPU time from /proc), taken in
+// interleaved repetitions with the order rotated, each printed beside stock
+// Caddy's from the same repetition.
+//
+//	go run ./bench            # full run (a few minutes), writes bench/results/latest.md
+//	go run ./bench -quick     # about a minute
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type settings struct {
+	idleConns int
+	dur       time.Duration
+	reps      int
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "a short run (about a minute)")
+	out := flag.String("out", "", "write the report here (default bench/results/latest.md for a full run)")
+	only := flag.String("targets", "", "comma-separated targets to run (default: all available)")
+	flag.Parse()
+	log.SetFlags(0)
+	s := settings{idleConns: 10000, dur: 3 * time.Second, reps: 2}
+	if *quick {
+		s = settings{idleConns: 1000, dur: 700 * time.Millisecond, reps: 1}
+	}
+	limit := raiseFDLimit(max(4*s.idleConns+1000, 65536))
+	// A proxy holds two sockets per connection: N is what the limit allows.
+	if n := (limit - 1000) / 2; n < s.idleConns {
+		log.Printf("open-file limit %d: %d idle connections instead of %d", limit, n, s.idleConns)
+		s.idleConns = n
+	}
+	fdLimit = limit
+
+	root := repoRoot()
+	bin := filepath.Join(root, "bin")
+	for _, b := range [][2]string{{"caddy", "./cmd/caddy"}, {"echo", "./examples/echo"}} {
+		log.Printf("building %s", b[0])
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b[0]), b[1])
+		cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			log.Fatal(err)
+		}
+	}
+	work, err := os.MkdirTemp("", "wsbench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+
+	echo, err := startEcho(bin, work)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer echo.stop()
+
+	targets := availableTargets(bin, work, echo.addr)
+	if *only != "" {
+		var sel []targetSpec
+		for _, t := range targets {
+			if strings.Contains(","+*only+",", ","+t.name+",") {
+				sel = append(sel, t)
+			}
+		}
+		targets = sel
+	}
+	rep := newReport(s, targets)
+	for r := 0; r < s.reps; r++ {
+		// Rotate the order so no target always runs first (or last).
+		order := append(targets[r%len(targets):], targets[:r%len(targets)]...)
+		for _, spec := range order {
+			log.Printf("repetition %d: %s", r+1, spec.name)
+			res, err := runTarget(spec, echo.addr, s)
+			if err != nil {
+				log.Printf("  %s: %v", spec.name, err)
+				continue
+			}
+			rep.add(r, spec.name, res)
+		}
+	}
+	text := rep.render()
+	fmt.Print(text)
+	path := *out
+	if path == "" && !*quick {
+		path = filepath.Join(root, "bench", "results", "latest.md")
+	}
+	if path != "" {
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			log.Fatal(err)
+		}
+		log.Printf("report written to %s", path)
+	}
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	if file != "" {
+		if d := filepath.Dir(filepath.Dir(file)); fileExists(filepath.Join(d, "go.mod")) {
+			return d
+		}
+	}
+	wd, _ := os.Getwd()
+	return wd
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// fdLimit is the open-file limit the targets inherit.
+var fdLimit int
+
+// raiseFDLimit lifts the open-file limit for this process and the targets
+// it starts (they inherit it) as far as allowed, and returns it.
+func raiseFDLimit(want int) int {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return 1024
+	}
+	if l.Cur < uint64(want) {
+		up := l
+		up.Cur, up.Max = uint64(want), max(l.Max, uint64(want))
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) != nil {
+			l.Cur = l.Max // not allowed past the hard limit
+			syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+		}
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+	return int(l.Cur)
+}

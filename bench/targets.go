@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// proc is a running target (or the echo backend).
+type proc struct {
+	cmd   *exec.Cmd
+	addr  string
+	admin string // Caddy's admin address, for go_goroutines
+}
+
+func (p *proc) stop() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// pids returns the target's process and its descendants (nginx workers).
+func (p *proc) pids() []int {
+	root := p.cmd.Process.Pid
+	parent := map[int]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := statFields(pid); len(f) > 3 {
+			pp, _ := strconv.Atoi(f[3])
+			parent[pid] = pp
+		}
+	}
+	out := []int{root}
+	for changed := true; changed; {
+		changed = false
+		for pid, pp := range parent {
+			if contains(out, pp) && !contains(out, pid) {
+				out = append(out, pid)
+				changed = true
+			}
+		}
+	}
+	return out
+}
+
+func contains(l []int, v int) bool {
+	for _, x := range l {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// statFields returns /proc/pid/stat split into fields, with the command
+// name (which may hold spaces) as one field.
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || close < open {
+		return nil
+	}
+	return append([]string{s[:open-1], s[open+1 : close]}, strings.Fields(s[close+1:])...)
+}
+
+// rssKiB is the resident memory of the target's process tree.
+func (p *proc) rssKiB() int64 {
+	var total int64
+	for _, pid := range p.pids() {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += n
+			}
+		}
+		f.Close()
+	}
+	return total
+}
+
+// cpu is the user+system CPU time of the target's process tree.
+func (p *proc) cpu() time.Duration {
+	const hz = 100 // USER_HZ on Linux
+	var ticks int64
+	for _, pid := range p.pids() {
+		f := statFields(pid)
+		if len(f) > 14 {
+			u, _ := strconv.ParseInt(f[13], 10, 64)
+			s, _ := strconv.ParseInt(f[14], 10, 64)
+			ticks += u + s
+		}
+	}
+	return time.Duration(ticks) * time.Second / hz
+}
+
+// goroutines reads go_goroutines from a Caddy target's admin metrics.
+func (p *proc) goroutines() int {
+	if p.admin == "" {
+		return -1
+	}
+	res, err := http.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
+		}
+	}
+	return -1
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitListening waits until addr accepts connections.
+func waitListening(addr string) error {
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return fmt.Errorf("%s did not start listening", addr)
+}
+
+func start(addr, admin string, name string, args ...string) (*proc, error) {
+	cmd := exec.Command(name, args...)
+	logf, _ := os.CreateTemp("", "wsbench-"+filepath.Base(name)+"-*.log")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, addr: addr, admin: admin}
+	if err := waitListening(addr); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%w (log: %s)", err, logf.Name())
+	}
+	return p, nil
+}
+
+func startEcho(bin, work string) (*proc, error) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	return start(addr, "", filepath.Join(bin, "echo"), "-addr", addr)
+}
+
+// targetSpec starts one kind of target in front of the echo backend.
+type targetSpec struct {
+	name  string
+	start func(echo string) (*proc, error)
+}
+
+func caddyTarget(bin, work, name, handler string) targetSpec {
+	return targetSpec{name: name, start: func(echo string) (*proc, error) {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+		admin := fmt.Sprintf("127.0.0.1:%d", freePort())
+		cf := fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	auto_https off
+	log {
+		level ERROR
+	}
+}
+http://%s {
+	%s
+}
+`, admin, addr, strings.ReplaceAll(handler, "ECHO", echo))
+		path := filepath.Join(work, name+".Caddyfile")
+		os.WriteFile(path, []byte(cf), 0o644)
+		return start(addr, admin, filepath.Join(bin, "caddy"), "run", "--config", path, "--adapter", "caddyfile")
+	}}
+}
+
+// availableTargets lists what can run here: direct, the three Caddy
+// configurations, and nginx and HAProxy when Debian's packages are
+// installed.
+func availableTargets(bin, work, echo string) []targetSpec {
+	ts := []targetSpec{
+		{name: "direct", start: func(echo string) (*proc, error) {
+			return startEcho(bin, work) // a fresh echo of its own: its cost is the baseline
+		}},
+		caddyTarget(bin, work, "caddy-stock", "reverse_proxy ECHO"),
+		caddyTarget(bin, work, "tunnel", "websocket ECHO"),
+		caddyTarget(bin, work, "terminate", "websocket ECHO {\n\t\tmode terminate\n\t}"),
+	}
+	if p, err := exec.LookPath("nginx"); err == nil {
+		ts = append(ts, targetSpec{name: "nginx", start: func(echo string) (*proc, error) {
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+			dir := filepath.Join(work, "nginx")
+			os.MkdirAll(filepath.Join(dir, "logs"), 0o755)
+			conf := fmt.Sprintf(`daemon off;
+master_process on;
+worker_processes auto;
+worker_rlimit_nofile 100000;
+error_log %[1]s/logs/error.log error;
+pid %[1]s/nginx.pid;
+events { worker_connections 50000; }
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen %[2]s;
+		location / {
+			proxy_pass http://%[3]s;
+			proxy_http_version 1.1;
+			proxy_set_header Upgrade $http_upgrade;
+			proxy_set_header Connection "upgrade";
+			proxy_read_timeout 1h;
+			proxy_send_timeout 1h;
+		}
+	}
+}
+`, dir, addr, echo)
+			path := filepath.Join(dir, "nginx.conf")
+			os.WriteFile(path, []byte(conf), 0o644)
+			return start(addr, "", p, "-p", dir, "-c", path)
+		}})
+	}
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		ts = append(ts, targetSpec{name: "haproxy", start: func(echo string) (*proc, error) {
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+			conf := fmt.Sprintf(`global
+	maxconn %d
+defaults
+	mode http
+	timeout connect 5s
+	timeout client 1h
+	timeout server 1h
+	timeout tunnel 1h
+frontend f
+	bind %s
+	default_backend b
+backend b
+	server s1 %s
+`, (fdLimit-200)/2, addr, echo)
+			path := filepath.Join(work, "haproxy.cfg")
+			os.WriteFile(path, []byte(conf), 0o644)
+			return start(addr, "", p, "-db", "-f", path)
+		}})
+	}
+	return ts
+}
