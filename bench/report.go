@@ -140,4 +140,3 @@ func format(v float64) string {
 		return fmt.Sprintf("%.2f", v)
 	}
 }
-
