@@ -509,13 +509,7 @@ func TestPongTimeout(t *testing.T) {
 // TestIdleTimeout: a client that sends nothing is closed with 1001 after
 // its idle timeout, even while it answers keepalive pings.
 func TestIdleTimeout(t *testing.T) {
-	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
-		for {
-			if _, err := p.ReadFrame(5 * time.Second); err != nil {
-				return
-			}
-		}
-	})
+	backend := wstest.NewBackend(t, nil, wstest.Drain(5*time.Second))
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 		websocket %s {
 			client {

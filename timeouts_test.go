@@ -62,13 +62,7 @@ func TestLearnedBackendTimeout(t *testing.T) {
 // TestReloadAppliesPolicies: a live connection takes the keepalive of the
 // config that replaced the one that accepted it.
 func TestReloadAppliesPolicies(t *testing.T) {
-	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
-		for {
-			if _, err := p.ReadFrame(20 * time.Second); err != nil {
-				return
-			}
-		}
-	})
+	backend := wstest.NewBackend(t, nil, wstest.Drain(20*time.Second))
 	sites := `http://127.0.0.1:{PORT} {
 		websocket ` + backend.Addr + ` {
 			client {
@@ -141,13 +135,7 @@ func TestAnnounce(t *testing.T) {
 // teaches the gateway its network's timeout; the next client from that
 // network is pinged at half of it, and told so.
 func TestLearnedClientNetwork(t *testing.T) {
-	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
-		for {
-			if _, err := p.ReadFrame(20 * time.Second); err != nil {
-				return
-			}
-		}
-	})
+	backend := wstest.NewBackend(t, nil, wstest.Drain(20*time.Second))
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 		websocket %s {
 			client {

@@ -338,6 +338,18 @@ func NewBackend(t testing.TB, respond func(r *http.Request) string, handle func(
 	return b
 }
 
+// Drain is a backend handler that reads and drops frames until the
+// connection ends or nothing comes for idle.
+func Drain(idle time.Duration) func(p *Peer) {
+	return func(p *Peer) {
+		for {
+			if _, err := p.ReadFrame(idle); err != nil {
+				return
+			}
+		}
+	}
+}
+
 // Switch is the correct 101 answer to r.
 func Switch(r *http.Request, extra ...string) string {
 	var b bytes.Buffer
