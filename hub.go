@@ -3,6 +3,7 @@ package websocket
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 	"github.com/caddy-websocket/caddy-websocket/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/upgrade"
 )
 
 // hubs holds the one connection hub of the process. It lives in a
@@ -33,6 +35,8 @@ type hub struct {
 	handlers []*Handler // provisioned and not yet cleaned up, newest last
 	learners map[string]*timeout.Learner
 	networks timeout.Networks
+	total    int                // live connections and handshakes under way
+	perIP    map[netip.Addr]int // the same, per client address
 }
 
 // relay is a running connection of either mode.
@@ -54,6 +58,7 @@ type live struct {
 	path        string
 	remote      string
 	clientIP    netip.Addr
+	reservedIP  netip.Addr // the address counted against the connection limits
 	start       time.Time
 	lifetime    *time.Timer
 }
@@ -63,6 +68,7 @@ func loadHub() (*hub, error) {
 		return &hub{
 			conns:    make(map[string]*live),
 			learners: make(map[string]*timeout.Learner),
+			perIP:    make(map[netip.Addr]int),
 			networks: timeout.Networks{Limit: 4096},
 		}, nil
 	})
@@ -80,6 +86,34 @@ func releaseHub() error {
 // newID returns a connection id: 64 random bits, so ids from different
 // Caddy instances can share one log without clashing.
 func newID() string { return fmt.Sprintf("%016x", rand.Uint64()) }
+
+// reserve counts a new connection from ip against the limits (0: none)
+// before its handshake starts; release undoes it if the upgrade fails, and
+// remove when the connection ends.
+func (h *hub) reserve(ip netip.Addr, maxTotal, maxPerIP int) *upgrade.Error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if maxTotal > 0 && h.total >= maxTotal {
+		return &upgrade.Error{Status: http.StatusServiceUnavailable, Code: "max_connections",
+			Reason: fmt.Sprintf("too many WebSocket connections (limit %d); try again later", maxTotal)}
+	}
+	if maxPerIP > 0 && h.perIP[ip] >= maxPerIP {
+		return &upgrade.Error{Status: http.StatusServiceUnavailable, Code: "max_connections_per_ip",
+			Reason: fmt.Sprintf("too many WebSocket connections from %s (limit %d); try again later", ip, maxPerIP)}
+	}
+	h.total++
+	h.perIP[ip]++
+	return nil
+}
+
+func (h *hub) release(ip netip.Addr) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.total--
+	if h.perIP[ip]--; h.perIP[ip] <= 0 {
+		delete(h.perIP, ip)
+	}
+}
 
 // add registers a connection under its id.
 func (h *hub) add(c *live) {
@@ -137,7 +171,11 @@ func (h *hub) remove(id string) {
 	c := h.conns[id]
 	delete(h.conns, id)
 	h.mu.Unlock()
-	if c != nil && c.lifetime != nil {
+	if c == nil {
+		return
+	}
+	h.release(c.reservedIP)
+	if c.lifetime != nil {
 		c.lifetime.Stop()
 	}
 }

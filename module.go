@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -124,6 +125,23 @@ type Handler struct {
 	// connections whose upstream is still configured (same mode) are kept
 	// and take the new config's policies. Default 5s.
 	ReloadCloseDelay caddy.Duration `json:"reload_close_delay,omitempty"`
+
+	// MaxConnections bounds the live WebSocket connections of this Caddy
+	// instance (all websocket routes count) that this route lets in; past
+	// it, upgrades get 503 with Retry-After before any backend is dialled.
+	// Default 0: no bound but the open-file limit.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// MaxConnectionsPerIP bounds the live connections from one client
+	// address, as Caddy determines it (honouring trusted_proxies); past it,
+	// 503 with Retry-After. Default 0: no bound, since many users can share
+	// an address behind a NAT; 100 or so suits most public sites.
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+
+	// MaxMessageRate, in terminate mode, bounds the messages per second a
+	// client may send, with bursts of as many; a client that sends faster
+	// gets Close 1008. Default 0: no bound.
+	MaxMessageRate float64 `json:"max_message_rate,omitempty"`
 
 	// Client is the idle-timeout policy of the client leg.
 	Client *Side `json:"client,omitempty"`
@@ -309,6 +327,12 @@ func (h *Handler) Validate() error {
 	if h.MaxMessageSize < 0 {
 		return fmt.Errorf("websocket: max_message_size must be positive")
 	}
+	if h.MaxConnections < 0 || h.MaxConnectionsPerIP < 0 || h.MaxMessageRate < 0 {
+		return fmt.Errorf("websocket: connection and message limits must be positive")
+	}
+	if h.MaxMessageRate > 0 && h.Mode != "terminate" {
+		return fmt.Errorf("websocket: max_message_rate needs mode terminate (a tunnel does not read messages)")
+	}
 	for _, sd := range []struct {
 		name string
 		s    *Side
@@ -373,8 +397,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.refuse(w, r, err)
 		return nil
 	}
-	h.proxy(w, r)
+	ip := requestIP(r)
+	if err := h.hub.reserve(ip, h.MaxConnections, h.MaxConnectionsPerIP); err != nil {
+		w.Header().Set("Retry-After", "5")
+		h.refuse(w, r, err)
+		return nil
+	}
+	if !h.proxy(w, r) {
+		h.hub.release(ip)
+	}
 	return nil
+}
+
+// requestIP is the client address Caddy determined (trusted_proxies
+// honoured), or the peer address.
+func requestIP(r *http.Request) netip.Addr {
+	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			return ip.Unmap()
+		}
+	}
+	ip, _ := clientIP(r.RemoteAddr)
+	return ip.Unmap()
 }
 
 // refuse answers a refused upgrade with its status and one-line reason, and
@@ -413,6 +457,9 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Erro
 //	    max_lifetime <duration>
 //	    close_reason <text>
 //	    reload_close_delay <duration>
+//	    max_connections <n>
+//	    max_connections_per_ip <n>
+//	    max_message_rate <n>
 //	    client {
 //	        keepalive <interval>|off|auto
 //	        keepalive_min <duration>

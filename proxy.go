@@ -22,10 +22,9 @@ const IDHeader = "X-Websocket-Id"
 // hand both connections to a relay (a tunnel, or a terminated pair). It
 // returns as soon as the relay runs; the handler goroutine is not kept for
 // the connection's life.
-func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) bool {
 	if h.Mode == "terminate" {
-		h.terminate(w, r)
-		return
+		return h.terminate(w, r)
 	}
 	key := r.Header.Get("Sec-WebSocket-Key")
 	id := newID()
@@ -34,7 +33,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
 	uri, host := requestTarget(r)
 	backend, up, res, br, ok := h.openBackend(w, r, writeRequest(uri, host, hdr), key)
 	if !ok {
-		return
+		return false
 	}
 	h.debugHandshake(id, up, r.Header, res.Header)
 	// The backend's 101 goes to the client as it came (subprotocol,
@@ -48,9 +47,10 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) {
 	}
 	client, fromClient, ok := h.hijack(w, r, backend)
 	if !ok {
-		return
+		return false
 	}
 	h.startTunnel(r, id, client, backend, up, pol, res, fromClient, buffered(br))
+	return true
 }
 
 // openBackend dials a backend, sends it req and checks its answer to the

@@ -57,7 +57,8 @@ func (h *Handler) startTerminate(r *http.Request, id string, client, backend net
 
 func (h *Handler) newLive(r *http.Request, id string, up upstream, mode string) *live {
 	ip, _ := clientIP(r.RemoteAddr)
-	return &live{id: id, mode: mode, owner: h, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr, clientIP: ip, start: time.Now()}
+	return &live{id: id, mode: mode, owner: h, upstream: up.raw, path: r.URL.Path, remote: r.RemoteAddr,
+		clientIP: ip, reservedIP: requestIP(r), start: time.Now()}
 }
 
 // opened registers a connection with the hub, arms its lifetime and logs

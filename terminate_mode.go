@@ -19,14 +19,14 @@ import (
 // terminate completes the client's handshake itself and opens the
 // gateway's own WebSocket connection to a backend, with its own key and
 // without the client's extensions (the backend speaks plain frames).
-func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) bool {
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
 	if len(h.Subprotocols) > 0 && !slices.ContainsFunc(offered, func(p string) bool { return slices.Contains(h.Subprotocols, p) }) {
 		h.refuse(w, r, &upgrade.Error{
 			Status: http.StatusBadRequest, Code: "subprotocol", Header: "Sec-WebSocket-Protocol", Value: strings.Join(offered, ", "),
 			Reason: fmt.Sprintf("client offers none of the required subprotocols (%s)", strings.Join(h.Subprotocols, ", ")),
 		})
-		return
+		return false
 	}
 	hdr := forwardHeaders(r)
 	hdr.Del("Sec-WebSocket-Extensions")
@@ -38,7 +38,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 	hdr.Set(IDHeader, id)
 	backend, up, res, br, ok := h.openBackend(w, r, writeRequest(uri, host, hdr), key)
 	if !ok {
-		return
+		return false
 	}
 	h.debugHandshake(id, up, r.Header, res.Header)
 	chosen := res.Header.Get("Sec-WebSocket-Protocol")
@@ -47,7 +47,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 		backend.Close()
 		h.backendFailed(w, r, up, &upgrade.Error{Status: http.StatusBadGateway, Code: "backend_invalid", Header: "Sec-WebSocket-Protocol", Value: chosen,
 			Reason: fmt.Sprintf("backend chose subprotocol %q, which the client did not offer", chosen)})
-		return
+		return false
 	case chosen == "":
 		for _, p := range h.Subprotocols {
 			if slices.Contains(offered, p) {
@@ -81,7 +81,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 	}
 	client, fromClient, ok := h.hijack(w, r, backend)
 	if !ok {
-		return
+		return false
 	}
 
 	// A re-dial offers the backend only the subprotocol the client has.
@@ -98,6 +98,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 		Client:            pol[tunnel.Client],
 		Backend:           pol[tunnel.Backend],
 		MaxMessageSize:    h.MaxMessageSize,
+		MaxMessageRate:    h.MaxMessageRate,
 		Deflate:           deflate,
 		Reconnect:         side.OnClose == "reconnect",
 		ReconnectAttempts: side.ReconnectAttempts,
@@ -118,6 +119,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	h.startTerminate(r, id, client, backend, up, cfg, chosen, fromClient, buffered(br))
+	return true
 }
 
 // tokens splits all values of a comma-separated header.

@@ -51,6 +51,22 @@ func Parse(d *caddyfile.Dispenser) (map[string]any, error) {
 				return nil, err
 			}
 			cfg[opt] = v
+		case "max_connections", "max_connections_per_ip":
+			v, err := count(d)
+			if err != nil {
+				return nil, err
+			}
+			cfg[opt] = v
+		case "max_message_rate":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil || n <= 0 {
+				return nil, d.Errf("max_message_rate: bad rate %q (want messages per second, e.g. 50)", v)
+			}
+			cfg[opt] = n
 		case "close_reason":
 			v, err := oneArg(d)
 			if err != nil {

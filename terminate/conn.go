@@ -31,6 +31,9 @@ type Config struct {
 	// after decompression; a larger one is refused with 1009 while it is
 	// being read. Default 1 MiB.
 	MaxMessageSize int64
+	// MaxMessageRate bounds the messages per second from the client (bursts
+	// of as many); past it, Close 1008. Zero: no bound.
+	MaxMessageRate float64
 	// Deflate is set when permessage-deflate was negotiated with the client.
 	Deflate bool
 	// CloseGrace is how long a side that was sent a Close frame may take to

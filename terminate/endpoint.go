@@ -42,24 +42,24 @@ type endpoint struct {
 	maxMsg  int64
 
 	// Reader-owned.
-	hdr         [frame.MaxHeaderSize]byte
-	hdrN        int
-	cur         frame.Header
-	inFrame     bool
-	remain      int64
-	maskPos     int
-	inMsg       bool
-	msgOp       frame.Opcode
-	msgFlate    bool
-	msg         []byte
-	text        utf8Stream
-	ctl         [frame.MaxControlPayload]byte
-	ctlN        int
-	failed      bool // a protocol error was answered: ignore the rest
-	pingSeq     uint32
-	notified    bool          // the Conn was told how the session ended
-	silence     time.Duration // both ways, before the last read
-	pingSilence time.Duration // both ways, before the last ping
+	hdr      [frame.MaxHeaderSize]byte
+	hdrN     int
+	cur      frame.Header
+	inFrame  bool
+	remain   int64
+	maskPos  int
+	inMsg    bool
+	msgOp    frame.Opcode
+	msgFlate bool
+	msg      []byte
+	text     utf8Stream
+	ctl      [frame.MaxControlPayload]byte
+	ctlN     int
+	failed   bool          // a protocol error was answered: ignore the rest
+	notified bool          // the Conn was told how the session ended
+	silence  time.Duration // both ways, before the last read
+	tokens   float64       // message-rate bucket (client leg, MaxMessageRate)
+	tokensAt time.Time
 
 	closeRecv atomic.Bool
 
@@ -300,12 +300,37 @@ func (e *endpoint) frameEnd() {
 		e.fail(frame.CloseInvalidPayload, "invalid UTF-8 in text message")
 		return
 	}
+	if !e.allowMessage() {
+		e.fail(frame.ClosePolicyViolation, "message rate exceeded")
+		return
+	}
 	e.msgs.Add(1)
 	e.live.Active()
 	if !e.closeRecv.Load() && !e.sentClose() {
 		e.c.message(e, op, msg)
 	}
 	e.releaseMsg()
+}
+
+// allowMessage takes a token from the client's message-rate bucket: it
+// holds up to MaxMessageRate messages and refills at that many per second.
+func (e *endpoint) allowMessage() bool {
+	rate := e.c.cfg.MaxMessageRate
+	if rate <= 0 || !e.server {
+		return true
+	}
+	now := e.c.cfg.Now()
+	if e.tokensAt.IsZero() {
+		e.tokens = rate
+	} else {
+		e.tokens = min(rate, e.tokens+now.Sub(e.tokensAt).Seconds()*rate)
+	}
+	e.tokensAt = now
+	if e.tokens < 1 {
+		return false
+	}
+	e.tokens--
+	return true
 }
 
 func (e *endpoint) releaseMsg() {

@@ -176,7 +176,18 @@ type Peer struct {
 // the response; the peer is nil unless the status is 101.
 func Dial(t testing.TB, addr, req string) (*Peer, *http.Response) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return DialFrom(t, "", addr, req)
+}
+
+// DialFrom is Dial from a given loopback source address ("127.0.0.2"), so
+// that tests can be several clients.
+func DialFrom(t testing.TB, from, addr, req string) (*Peer, *http.Response) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
