@@ -286,6 +286,7 @@ func TestRefusedUpgrades(t *testing.T) {
 }
 
 func TestBackendAnswers(t *testing.T) {
+	wstest.NoLeaks(t)
 	cases := []struct {
 		name   string
 		answer string
@@ -317,6 +318,7 @@ func TestBackendAnswers(t *testing.T) {
 }
 
 func TestNoBackendReachable(t *testing.T) {
+	wstest.NoLeaks(t)
 	dead := fmt.Sprintf("127.0.0.1:%d", wstest.FreePort(t))
 	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) { time.Sleep(500 * time.Millisecond) })
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
@@ -342,6 +344,7 @@ func TestNoBackendReachable(t *testing.T) {
 }
 
 func TestBackendHandshakeTimeout(t *testing.T) {
+	wstest.NoLeaks(t)
 	backend := wstest.NewBackend(t, func(*http.Request) string { time.Sleep(3 * time.Second); return "" }, nil)
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 		websocket %s {
@@ -361,6 +364,7 @@ func TestBackendHandshakeTimeout(t *testing.T) {
 // TestBackendDiesMidStream: the backend drops the TCP connection without a
 // Close frame; the client gets a Close frame (1011), not an abrupt end.
 func TestBackendDiesMidStream(t *testing.T) {
+	wstest.NoLeaks(t)
 	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
 		p.ReadFrame(5 * time.Second)
 		p.Write(wstest.EncodeFrame(false, true, 0, frame.OpText, []byte("last words")))
@@ -386,6 +390,7 @@ func TestBackendDiesMidStream(t *testing.T) {
 // TestClientVanishes: the client's TCP connection ends without a Close
 // frame; the backend gets Close 1001.
 func TestClientVanishes(t *testing.T) {
+	wstest.NoLeaks(t)
 	got := make(chan wstest.Frame, 1)
 	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
 		f, err := p.ReadFrame(5 * time.Second)
@@ -471,6 +476,7 @@ func TestKeepaliveBothLegs(t *testing.T) {
 // TestPongTimeout: a backend that never answers pings is closed, and the
 // client is told why with 1011.
 func TestPongTimeout(t *testing.T) {
+	wstest.NoLeaks(t)
 	got := make(chan wstest.Frame, 10)
 	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
 		for {
@@ -509,6 +515,7 @@ func TestPongTimeout(t *testing.T) {
 // TestIdleTimeout: a client that sends nothing is closed with 1001 after
 // its idle timeout, even while it answers keepalive pings.
 func TestIdleTimeout(t *testing.T) {
+	wstest.NoLeaks(t)
 	backend := wstest.NewBackend(t, nil, wstest.Drain(5*time.Second))
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 		websocket %s {

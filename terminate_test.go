@@ -65,6 +65,7 @@ func TestTerminateEcho(t *testing.T) {
 // TestTerminateProtocolErrors: each violation gets the right Close code,
 // and the backend never sees the bad frame.
 func TestTerminateProtocolErrors(t *testing.T) {
+	wstest.NoLeaks(t)
 	seen := make(chan wstest.Frame, 100)
 	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
 		for {
@@ -226,6 +227,7 @@ func (rs *restartable) kill() {
 // client is connected; the client stays, and the messages it sent during
 // the gap arrive, in order, once the backend is back.
 func TestTerminateReconnect(t *testing.T) {
+	wstest.NoLeaks(t)
 	chat := startChat(t, "")
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 		websocket %s {
@@ -268,6 +270,7 @@ func TestTerminateReconnect(t *testing.T) {
 // TestTerminateReconnectGivesUp: when the backend does not come back within
 // the window, the client gets Close 1011 with the reason.
 func TestTerminateReconnectGivesUp(t *testing.T) {
+	wstest.NoLeaks(t)
 	chat := startChat(t, "")
 	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
 		websocket %s {
@@ -296,6 +299,7 @@ func TestTerminateReconnectGivesUp(t *testing.T) {
 // timeout, and the backend is told with Close 1001; the gateway holds at
 // most one message meanwhile.
 func TestSlowClient(t *testing.T) {
+	wstest.NoLeaks(t)
 	for _, mode := range []string{"tunnel", "terminate"} {
 		t.Run(mode, func(t *testing.T) {
 			closed := make(chan wstest.Frame, 1)

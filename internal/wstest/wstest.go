@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,4 +372,65 @@ func Switch(r *http.Request, extra ...string) string {
 	}
 	b.WriteString("\r\n")
 	return b.String()
+}
+
+// NoLeaks checks, when the test ends (after Caddy and the test's servers
+// are stopped), that no goroutine of the gateway's relays is left and that
+// the process holds no more sockets than when it was called. (Files are not
+// counted: Caddy keeps its log file open after it stops.)
+// Call it first in a test, so its check runs last.
+func NoLeaks(t testing.TB) {
+	t.Helper()
+	fds := openFDs()
+	t.Cleanup(func() {
+		var stuck string
+		for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			stuck = relayGoroutines()
+			if stuck == "" && openFDs() <= fds {
+				return
+			}
+		}
+		if stuck != "" {
+			t.Errorf("relay goroutines left behind:\n%s", stuck)
+		}
+		if n := openFDs(); n > fds {
+			t.Errorf("%d sockets open, %d at the start:\n%s", n, fds, fdList())
+		}
+	})
+}
+
+func fdList() string {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	var out []string
+	for _, e := range entries {
+		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		out = append(out, e.Name()+" → "+target)
+	}
+	return strings.Join(out, "\n")
+}
+
+// openFDs counts the process's open sockets.
+func openFDs() int {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	n := 0
+	for _, e := range entries {
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(target, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// relayGoroutines returns the stacks of goroutines running tunnel or
+// terminate code.
+func relayGoroutines() string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "caddy-websocket/tunnel.") || strings.Contains(g, "caddy-websocket/terminate.") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
