@@ -100,3 +100,45 @@ func TestMessageRateLimit(t *testing.T) {
 		break
 	}
 }
+
+// TestHugeFrameHeader: a client announces a 2 GiB frame. The tunnel
+// streams what arrives without buffering it; terminate mode refuses it
+// with 1009 from the header alone.
+func TestHugeFrameHeader(t *testing.T) {
+	wstest.NoLeaks(t)
+	got := make(chan []byte, 1)
+	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+		b, _ := p.ReadBytes(14+1<<20, 10*time.Second)
+		got <- b
+	})
+	addrs := wstest.StartCaddyPorts(t, fmt.Sprintf(`http://127.0.0.1:{PORT1} {
+		websocket %[1]s
+	}
+	http://127.0.0.1:{PORT2} {
+		websocket %[1]s {
+			mode terminate
+		}
+	}`, backend.Addr), 2)
+	// Header: binary, FIN, masked, 64-bit length 2 GiB, mask key.
+	hdr := []byte{0x82, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0, 1, 2, 3, 4}
+	chunk := make([]byte, 1<<20)
+
+	p, _ := wstest.Dial(t, addrs[0], "")
+	p.Write(hdr)
+	p.Write(chunk)
+	select {
+	case b := <-got:
+		if len(b) != 14+1<<20 || string(b[:14]) != string(hdr) {
+			t.Fatalf("tunnel: backend got %d bytes", len(b))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("tunnel: the first MiB of a 2 GiB frame did not stream through")
+	}
+
+	p, _ = wstest.Dial(t, addrs[1], "")
+	p.Write(hdr)
+	f, err := p.ReadFrame(5 * time.Second)
+	if err != nil || f.Op != 0x8 || len(f.Payload) < 2 || int(f.Payload[0])<<8|int(f.Payload[1]) != 1009 {
+		t.Fatalf("terminate: %v %q %v", f.Op, f.Payload, err)
+	}
+}
