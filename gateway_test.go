@@ -294,6 +294,7 @@ func TestBackendAnswers(t *testing.T) {
 		body   string
 	}{
 		{"200 instead of 101", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, "hello"},
+		{"302", "HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 6\r\n\r\nlog in", 302, "log in"},
 		{"404", "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nno room\r\n", 404, "no room"},
 		{"500", "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops", 500, "oops"},
 		{"wrong accept", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n", 502, "wrong Sec-WebSocket-Accept"},

@@ -188,10 +188,19 @@ func (c *Conn) record(closer string, code int, reason string) {
 // gateway.
 func (c *Conn) readerDone(l *leg, why string) {
 	if !l.closeRecv.Load() {
-		c.record(l.side.String(), frame.CloseAbnormal, l.side.String()+" went away: "+why)
-		if l.side == Client {
+		switch {
+		case l.stoppedReading():
+			c.record("gateway", frame.CloseGoingAway, l.side.String()+" stopped reading (write timeout)")
+			if l.side == Client {
+				l.peer.sendClose(frame.CloseGoingAway, "client stopped reading")
+			} else {
+				l.peer.sendClose(frame.CloseInternalError, "backend stopped reading")
+			}
+		case l.side == Client:
+			c.record("client", frame.CloseAbnormal, "client went away: "+why)
 			l.peer.sendClose(frame.CloseGoingAway, "client went away")
-		} else {
+		default:
+			c.record("backend", frame.CloseAbnormal, "backend went away: "+why)
 			l.peer.sendClose(frame.CloseInternalError, "backend closed the connection without a Close frame")
 		}
 	}

@@ -40,6 +40,7 @@ type leg struct {
 	pendClose bool        // pending ends with the gateway's Close frame
 	closeSent bool        // a Close frame was relayed or queued to the peer; drop the rest
 	writeDead bool        // a write failed; drop the rest
+	writeErr  error       // why
 	hasPend   atomic.Bool // hint for the other reader: mark a boundary
 }
 
@@ -222,7 +223,7 @@ func (l *leg) writeLocked(segs net.Buffers) {
 	}
 	l.live.ArmWrite()
 	if _, err := segs.WriteTo(l.conn); err != nil {
-		l.writeDead = true
+		l.writeDead, l.writeErr = true, err
 		l.pending, l.pendClose = nil, false
 		// Wake this leg's reader: the peer is gone or not reading.
 		l.live.StartClosing(0)
@@ -232,6 +233,14 @@ func (l *leg) writeLocked(segs net.Buffers) {
 }
 
 func (l *leg) startClosing(grace time.Duration) { l.live.StartClosing(grace) }
+
+// stoppedReading reports whether writes to the peer timed out: it is there
+// but not reading.
+func (l *leg) stoppedReading() bool {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	return errors.Is(l.writeErr, os.ErrDeadlineExceeded)
+}
 
 func (l *leg) sentClose() bool {
 	l.wmu.Lock()
