@@ -104,3 +104,50 @@ func TestSlowBackend(t *testing.T) {
 		t.Fatalf("client got %v %d %q %v", f.Op, code, reason, err)
 	}
 }
+
+// TestClientVanishesSilently: a client that is gone without a FIN (a
+// dropped network) stops answering pings; the backend gets Close 1001
+// within pong_timeout + 1 s of the first unanswered ping.
+func TestClientVanishesSilently(t *testing.T) {
+	wstest.NoLeaks(t)
+	got := make(chan wstest.Frame, 1)
+	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+		for {
+			f, err := p.ReadFrame(10 * time.Second)
+			if err != nil {
+				return
+			}
+			if f.Op == frame.OpClose {
+				got <- f
+				return
+			}
+		}
+	})
+	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			client {
+				keepalive 300ms
+				pong_timeout 500ms
+			}
+		}
+	}`, backend.Addr))
+	p, _ := wstest.Dial(t, addr, "")
+	// Read the ping, answer nothing, send nothing, keep the socket open.
+	f, err := p.ReadFrame(2 * time.Second)
+	if err != nil || f.Op != frame.OpPing {
+		t.Fatalf("%v %v", f.Op, err)
+	}
+	pinged := time.Now()
+	select {
+	case f := <-got:
+		code, reason, _ := frame.ParseClose(f.Payload)
+		if code != 1001 || reason != "client did not answer ping" {
+			t.Fatalf("backend got Close %d %q", code, reason)
+		}
+		if el := time.Since(pinged); el > 1500*time.Millisecond {
+			t.Fatalf("backend told after %v, want within pong_timeout + 1s", el)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend was not told")
+	}
+}
