@@ -45,11 +45,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request) bool {
 	if h.Client != nil && h.Client.Announce {
 		h.announce(w.Header(), pol[0])
 	}
-	client, fromClient, ok := h.hijack(w, r, backend)
+	client, brw, ok := h.hijack(w, r, backend)
 	if !ok {
 		return false
 	}
-	h.startTunnel(r, id, client, backend, up, pol, res, fromClient, buffered(br))
+	h.startTunnel(r, id, client, backend, up, pol, res, brw, buffered(br))
 	return true
 }
 
@@ -97,10 +97,12 @@ func (h *Handler) connect(ctx context.Context, req []byte, key string) (net.Conn
 	return backend, up, res, br, nil
 }
 
-// hijack answers the client with 101 and the headers already set on w, and
-// takes over its connection. Writing the status through the ResponseWriter
-// lets Caddy's access log record 101; Hijack flushes it.
-func (h *Handler) hijack(w http.ResponseWriter, r *http.Request, backend net.Conn) (net.Conn, []byte, bool) {
+// hijack takes over the client's connection with a 101 and the headers
+// already set on w, written to the connection's buffer but not yet sent:
+// the relay is registered first (see switched), so that a client that has
+// seen its 101 also finds its connection in the admin API. Writing the
+// status through the ResponseWriter lets Caddy's access log record 101.
+func (h *Handler) hijack(w http.ResponseWriter, r *http.Request, backend net.Conn) (net.Conn, *bufio.ReadWriter, bool) {
 	w.WriteHeader(http.StatusSwitchingProtocols)
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -108,16 +110,23 @@ func (h *Handler) hijack(w http.ResponseWriter, r *http.Request, backend net.Con
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
 		return nil, nil, false
 	}
-	if err := brw.Flush(); err != nil {
-		backend.Close()
-		client.Close()
-		h.logger.Info("websocket client gone before the 101 was sent", zap.Error(err))
-		return nil, nil, false
-	}
 	// The HTTP server's read and write deadlines would otherwise stay on the
 	// socket and cut the connection off.
 	client.SetDeadline(time.Time{})
-	return client, buffered(brw.Reader), true
+	return client, brw, true
+}
+
+// switched sends the buffered 101 of a registered connection. If the
+// client is already gone, the connection is undone.
+func (h *Handler) switched(c *live, brw *bufio.ReadWriter, client, backend net.Conn) bool {
+	if err := brw.Flush(); err != nil {
+		backend.Close()
+		client.Close()
+		h.hub.remove(c.id)
+		h.logger.Info("websocket client gone before the 101 was sent", zap.String("id", c.id), zap.Error(err))
+		return false
+	}
+	return true
 }
 
 // buffered returns a copy of what br has read past the handshake, so the

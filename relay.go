@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"bufio"
 	"net"
 	"net/http"
 	"time"
@@ -14,7 +15,7 @@ import (
 )
 
 // startTunnel hands an upgraded pair to a tunnel owned by the hub.
-func (h *Handler) startTunnel(r *http.Request, id string, client, backend net.Conn, up upstream, pol [2]timeout.Policy, res *http.Response, fromClient, fromBackend []byte) {
+func (h *Handler) startTunnel(r *http.Request, id string, client, backend net.Conn, up upstream, pol [2]timeout.Policy, res *http.Response, brw *bufio.ReadWriter, fromBackend []byte) {
 	c := h.newLive(r, id, up, "tunnel")
 	t := tunnel.New(client, backend, tunnel.Config{
 		Client:  pol[tunnel.Client],
@@ -27,12 +28,14 @@ func (h *Handler) startTunnel(r *http.Request, id string, client, backend net.Co
 	c.subprotocol = res.Header.Get("Sec-WebSocket-Protocol")
 	c.compression = res.Header.Get("Sec-WebSocket-Extensions")
 	h.opened(c)
-	t.Start(fromClient, fromBackend)
+	if h.switched(c, brw, client, backend) {
+		t.Start(buffered(brw.Reader), fromBackend)
+	}
 }
 
 // startTerminate hands an upgraded pair to a terminated relay owned by the
 // hub.
-func (h *Handler) startTerminate(r *http.Request, id string, client, backend net.Conn, up upstream, cfg terminate.Config, subprotocol string, fromClient, fromBackend []byte) {
+func (h *Handler) startTerminate(r *http.Request, id string, client, backend net.Conn, up upstream, cfg terminate.Config, subprotocol string, brw *bufio.ReadWriter, fromBackend []byte) {
 	c := h.newLive(r, id, up, "terminate")
 	cfg.OnClose = func(s terminate.Summary) { h.closed(c, s.Summary, s.Reconnects) }
 	cfg.OnDrop = func(side tunnel.Side, silence time.Duration) { h.hub.ownerOf(c).learn(c, side, silence) }
@@ -52,7 +55,9 @@ func (h *Handler) startTerminate(r *http.Request, id string, client, backend net
 		c.compression = "permessage-deflate"
 	}
 	h.opened(c)
-	t.Start(fromClient, fromBackend)
+	if h.switched(c, brw, client, backend) {
+		t.Start(buffered(brw.Reader), fromBackend)
+	}
 }
 
 func (h *Handler) newLive(r *http.Request, id string, up upstream, mode string) *live {

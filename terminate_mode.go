@@ -79,7 +79,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) bool {
 	if h.Client != nil && h.Client.Announce {
 		h.announce(out, pol[0])
 	}
-	client, fromClient, ok := h.hijack(w, r, backend)
+	client, brw, ok := h.hijack(w, r, backend)
 	if !ok {
 		return false
 	}
@@ -118,7 +118,7 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) bool {
 			return conn, buffered(br), nil
 		},
 	}
-	h.startTerminate(r, id, client, backend, up, cfg, chosen, fromClient, buffered(br))
+	h.startTerminate(r, id, client, backend, up, cfg, chosen, brw, buffered(br))
 	return true
 }
 
