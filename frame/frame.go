@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/bits"
+	"math/rand/v2"
 )
 
 // Opcode is the 4-bit frame type (RFC 6455 §5.2).
@@ -184,6 +185,17 @@ func PutHeader(b []byte, h Header) int {
 		p += 4
 	}
 	return p
+}
+
+// NewKey returns a masking key for a frame from a client: random, as RFC
+// 6455 §5.3 requires (an intermediary must not be able to predict it), or
+// the zero key for an unmasked frame.
+func NewKey(masked bool) [4]byte {
+	var k [4]byte
+	if masked {
+		binary.LittleEndian.PutUint32(k[:], rand.Uint32())
+	}
+	return k
 }
 
 // Mask XORs b in place with key, as if b started at payload offset pos, and

@@ -1,9 +1,7 @@
 package terminate
 
 import (
-	"encoding/binary"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -391,11 +389,7 @@ func (e *endpoint) fail(code int, reason string) {
 
 // close sends a Close frame (once) and starts the grace period.
 func (e *endpoint) close(code int, reason string) {
-	var key [4]byte
-	if !e.server {
-		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-	}
-	f := frame.AppendClose(nil, code, reason, !e.server, key)
+	f := frame.AppendClose(nil, code, reason, !e.server, frame.NewKey(!e.server))
 	e.wmu.Lock()
 	if !e.closeSent && !e.writeDead {
 		e.closeSent = true
@@ -417,12 +411,8 @@ func (e *endpoint) sentClose() bool {
 }
 
 func (e *endpoint) writeControl(op frame.Opcode, p []byte) {
-	var key [4]byte
-	if !e.server {
-		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-	}
 	var buf [frame.MaxHeaderSize + frame.MaxControlPayload]byte
-	f := frame.AppendFrame(buf[:0], op, p, !e.server, key)
+	f := frame.AppendFrame(buf[:0], op, p, !e.server, frame.NewKey(!e.server))
 	e.wmu.Lock()
 	if !e.closeSent {
 		e.writeLocked(f)
@@ -446,7 +436,7 @@ func (e *endpoint) writeMessage(op frame.Opcode, p []byte) bool {
 	if h.Masked {
 		masked := append(getMsg(), p...)
 		defer putMsg(masked)
-		binary.LittleEndian.PutUint32(h.Mask[:], rand.Uint32())
+		h.Mask = frame.NewKey(true)
 		frame.Mask(h.Mask, 0, masked)
 		p = masked
 	}

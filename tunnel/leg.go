@@ -1,9 +1,7 @@
 package tunnel
 
 import (
-	"encoding/binary"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -136,21 +134,14 @@ func (l *leg) isOwnPong(p []byte) bool {
 // frame builds a gateway frame for this leg's peer: masked towards the
 // backend (the gateway is its client), unmasked towards the client.
 func (l *leg) frame(op frame.Opcode, payload []byte) []byte {
-	var key [4]byte
 	masked := l.side == Backend
-	if masked {
-		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-	}
-	return frame.AppendFrame(make([]byte, 0, 2+4+len(payload)), op, payload, masked, key)
+	return frame.AppendFrame(make([]byte, 0, 2+4+len(payload)), op, payload, masked, frame.NewKey(masked))
 }
 
 // sendClose sends a Close frame to the peer unless one was already sent.
 func (l *leg) sendClose(code int, reason string) {
-	var key [4]byte
-	if l.side == Backend {
-		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-	}
-	l.sendControl(frame.AppendClose(nil, code, reason, l.side == Backend, key), true)
+	masked := l.side == Backend
+	l.sendControl(frame.AppendClose(nil, code, reason, masked, frame.NewKey(masked)), true)
 }
 
 // sendControl writes a gateway frame now if the stream to the peer is
