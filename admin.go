@@ -236,13 +236,7 @@ func learnedView() any {
 		for _, c := range h.snapshot() {
 			open[c.upstream]++
 		}
-		h.mu.Lock()
-		ls := make(map[string]*timeout.Learner, len(h.learners))
-		for k, l := range h.learners {
-			ls[k] = l
-		}
-		h.mu.Unlock()
-		for up, l := range ls {
+		for up, l := range h.upstreamLearners() {
 			t, n := l.Learned()
 			out.Upstreams = append(out.Upstreams, upView{up, t.Seconds(), n, open[up]})
 			delete(open, up)

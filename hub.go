@@ -141,14 +141,21 @@ func (h *hub) snapshot() []*live {
 	return out
 }
 
-// learnedTimeouts returns what was learned per upstream.
-func (h *hub) learnedTimeouts() map[string]time.Duration {
+// upstreamLearners returns a copy of the upstream → learner map, so callers
+// read the learners without the hub's lock.
+func (h *hub) upstreamLearners() map[string]*timeout.Learner {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	ls := make(map[string]*timeout.Learner, len(h.learners))
 	for k, l := range h.learners {
 		ls[k] = l
 	}
-	h.mu.Unlock()
+	return ls
+}
+
+// learnedTimeouts returns what was learned per upstream.
+func (h *hub) learnedTimeouts() map[string]time.Duration {
+	ls := h.upstreamLearners()
 	out := make(map[string]time.Duration, len(ls))
 	for k, l := range ls {
 		if t, _ := l.Learned(); t > 0 {
