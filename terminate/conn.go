@@ -85,7 +85,6 @@ type Conn struct {
 
 	mu         sync.Mutex
 	backend    *endpoint // nil during a reconnect gap
-	gap        bool
 	queue      []queued
 	queuedSize int64
 	done       bool // ending: no more reconnects, messages are dropped
@@ -272,7 +271,6 @@ func (c *Conn) ended(e *endpoint, how ending) {
 	}
 	if c.cfg.Reconnect && c.cfg.Redial != nil && reconnectable(how) {
 		c.backend = nil
-		c.gap = true
 		c.redialing = true
 		c.mu.Unlock()
 		e.close(frame.CloseGoingAway, "reconnecting")
@@ -416,7 +414,7 @@ func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 	c.backendOld[3] += pongs
 	c.stats[1] = e
 	c.queue, c.queuedSize = nil, 0
-	c.backend, c.gap, c.redialing = e, false, false
+	c.backend, c.redialing = e, false
 	c.running++
 	c.reconnects++
 	go e.run(buffered)
