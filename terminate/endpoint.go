@@ -104,8 +104,7 @@ func (e *endpoint) run(initial []byte) {
 			break
 		}
 		e.bytes.Add(int64(len(b)))
-		e.silence = e.live.Silence()
-		e.live.Read()
+		e.silence = e.live.Read()
 		e.feed(b)
 	}
 	e.rd.Release()

@@ -77,8 +77,7 @@ func (l *leg) run(initial []byte) {
 			break
 		}
 		l.bytes.Add(int64(len(b)))
-		l.silence = l.live.Silence()
-		l.live.Read()
+		l.silence = l.live.Read()
 		l.scan.relay(l, b)
 	}
 	l.rd.Release()

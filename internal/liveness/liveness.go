@@ -77,8 +77,14 @@ func (w *Watch) at(ns int64) time.Time {
 	return w.start.Add(time.Duration(ns))
 }
 
-// Read records bytes read from the peer.
-func (w *Watch) Read() { w.lastRead.Store(w.Now()) }
+// Read records bytes read from the peer and returns how long the leg had
+// been silent both ways before them, reading the clock once.
+func (w *Watch) Read() time.Duration {
+	now := w.Now()
+	silence := time.Duration(now - max(w.lastRead.Load(), w.lastWrite.Load()))
+	w.lastRead.Store(now)
+	return silence
+}
 
 // Wrote records bytes written to the peer.
 func (w *Watch) Wrote() { w.lastWrite.Store(w.Now()) }
