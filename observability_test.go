@@ -146,9 +146,17 @@ func TestObservability(t *testing.T) {
 		}
 	}
 
+	// A connection is registered a moment after its client got the 101.
 	var list connList
-	if st := adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list); st != 200 || list.Total != 3 {
-		t.Fatalf("GET connections: %d, total %d", st, list.Total)
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		list = connList{}
+		st := adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
+		if st == 200 && list.Total == 3 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("GET connections: %d, total %d", st, list.Total)
+		}
 	}
 	var e1ID string
 	for _, c := range list.Connections {

@@ -97,11 +97,11 @@ func (h *Handler) connect(ctx context.Context, req []byte, key string) (net.Conn
 	return backend, up, res, br, nil
 }
 
-// hijack takes over the client's connection with a 101 and the headers
-// already set on w, written to the connection's buffer but not yet sent:
-// the relay is registered first (see switched), so that a client that has
-// seen its 101 also finds its connection in the admin API. Writing the
-// status through the ResponseWriter lets Caddy's access log record 101.
+// hijack answers the client with a 101 and the headers already set on w,
+// and takes over its connection. Writing the status through the
+// ResponseWriter lets Caddy's access log record 101; net/http sends it
+// during Hijack, so the relay is registered with the hub a moment after the
+// client has its 101, not before.
 func (h *Handler) hijack(w http.ResponseWriter, r *http.Request, backend net.Conn) (net.Conn, *bufio.ReadWriter, bool) {
 	w.WriteHeader(http.StatusSwitchingProtocols)
 	client, brw, err := http.NewResponseController(w).Hijack()
@@ -114,19 +114,6 @@ func (h *Handler) hijack(w http.ResponseWriter, r *http.Request, backend net.Con
 	// socket and cut the connection off.
 	client.SetDeadline(time.Time{})
 	return client, brw, true
-}
-
-// switched sends the buffered 101 of a registered connection. If the
-// client is already gone, the connection is undone.
-func (h *Handler) switched(c *live, brw *bufio.ReadWriter, client, backend net.Conn) bool {
-	if err := brw.Flush(); err != nil {
-		backend.Close()
-		client.Close()
-		h.hub.remove(c.id)
-		h.logger.Info("websocket client gone before the 101 was sent", zap.String("id", c.id), zap.Error(err))
-		return false
-	}
-	return true
 }
 
 // buffered returns a copy of what br has read past the handshake, so the

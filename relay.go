@@ -28,9 +28,7 @@ func (h *Handler) startTunnel(r *http.Request, id string, client, backend net.Co
 	c.subprotocol = res.Header.Get("Sec-WebSocket-Protocol")
 	c.compression = res.Header.Get("Sec-WebSocket-Extensions")
 	h.opened(c)
-	if h.switched(c, brw, client, backend) {
-		t.Start(buffered(brw.Reader), fromBackend)
-	}
+	t.Start(buffered(brw.Reader), fromBackend)
 }
 
 // startTerminate hands an upgraded pair to a terminated relay owned by the
@@ -55,9 +53,7 @@ func (h *Handler) startTerminate(r *http.Request, id string, client, backend net
 		c.compression = "permessage-deflate"
 	}
 	h.opened(c)
-	if h.switched(c, brw, client, backend) {
-		t.Start(buffered(brw.Reader), fromBackend)
-	}
+	t.Start(buffered(brw.Reader), fromBackend)
 }
 
 func (h *Handler) newLive(r *http.Request, id string, up upstream, mode string) *live {

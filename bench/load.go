@@ -34,27 +34,56 @@ func runTarget(spec targetSpec, echo string, s settings) (result, error) {
 	}
 	defer p.stop()
 	res := result{"load": loadAvg()}
-	if err := idle(p, s, res); err != nil {
-		return nil, fmt.Errorf("idle: %w", err)
-	}
-	for _, c := range []int{1, 50} {
-		if err := handshakes(p, c, s.dur, res); err != nil {
-			return nil, fmt.Errorf("handshakes c=%d: %w", c, err)
+	if s.runs("idle") {
+		if err := idle(p, s, res); err != nil {
+			return nil, fmt.Errorf("idle: %w", err)
 		}
 	}
-	for _, c := range []int{1, 50} {
-		for _, size := range []int{64, 16 << 10} {
-			if err := echoCase(p, c, size, s.dur, res); err != nil {
-				return nil, fmt.Errorf("echo c=%d %dB: %w", c, size, err)
-			}
+	if s.runs("handshake") {
+		if err := handshakeCases(p, s, res); err != nil {
+			return nil, err
 		}
 	}
-	for _, size := range []int{64, 16 << 10} {
-		if err := pipelined(p, 8, 16, size, s.dur, res); err != nil {
-			return nil, fmt.Errorf("pipelined %dB: %w", size, err)
+	if s.runs("echo") {
+		if err := echoCases(p, s, res); err != nil {
+			return nil, err
+		}
+	}
+	if s.runs("pipelined") {
+		if err := pipelinedCases(p, s, res); err != nil {
+			return nil, err
 		}
 	}
 	return res, nil
+}
+
+func handshakeCases(p *proc, s settings, res result) error {
+	for _, c := range []int{1, 50} {
+		if err := handshakes(p, c, s.dur, res); err != nil {
+			return fmt.Errorf("handshakes c=%d: %w", c, err)
+		}
+	}
+	return nil
+}
+
+func echoCases(p *proc, s settings, res result) error {
+	for _, c := range []int{1, 50} {
+		for _, size := range []int{64, 16 << 10} {
+			if err := echoCase(p, c, size, s.dur, res); err != nil {
+				return fmt.Errorf("echo c=%d %dB: %w", c, size, err)
+			}
+		}
+	}
+	return nil
+}
+
+func pipelinedCases(p *proc, s settings, res result) error {
+	for _, size := range []int{64, 16 << 10} {
+		if err := pipelined(p, 8, 16, size, s.dur, res); err != nil {
+			return fmt.Errorf("pipelined %dB: %w", size, err)
+		}
+	}
+	return nil
 }
 
 // idle opens N connections, lets them sit, and measures the target's RSS

@@ -26,18 +26,30 @@ type settings struct {
 	idleConns int
 	dur       time.Duration
 	reps      int
+	cases     string // comma-separated; empty: all
+}
+
+// runs reports whether the case named is to run.
+func (s settings) runs(name string) bool {
+	return s.cases == "" || strings.Contains(","+s.cases+",", ","+name+",")
 }
 
 func main() {
 	quick := flag.Bool("quick", false, "a short run (about a minute)")
 	out := flag.String("out", "", "write the report here (default bench/results/latest.md for a full run)")
 	only := flag.String("targets", "", "comma-separated targets to run (default: all available)")
+	cases := flag.String("cases", "", "comma-separated cases to run: idle, handshake, echo, pipelined (default: all)")
+	idleN := flag.Int("idle", 0, "idle connections (default 10000, or 1000 with -quick)")
 	flag.Parse()
 	log.SetFlags(0)
 	s := settings{idleConns: 10000, dur: 3 * time.Second, reps: 2}
 	if *quick {
 		s = settings{idleConns: 1000, dur: 700 * time.Millisecond, reps: 1}
 	}
+	if *idleN > 0 {
+		s.idleConns = *idleN
+	}
+	s.cases = *cases
 	limit := raiseFDLimit(max(4*s.idleConns+1000, 65536))
 	// A proxy holds two sockets per connection: N is what the limit allows.
 	if n := (limit - 1000) / 2; n < s.idleConns {
@@ -95,7 +107,7 @@ func main() {
 	text := rep.render()
 	fmt.Print(text)
 	path := *out
-	if path == "" && !*quick {
+	if path == "" && !*quick && *only == "" && *cases == "" && *idleN == 0 {
 		path = filepath.Join(root, "bench", "results", "latest.md")
 	}
 	if path != "" {

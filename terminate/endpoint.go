@@ -11,6 +11,7 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
 	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/park"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -35,6 +36,7 @@ type endpoint struct {
 	conn    net.Conn
 	rd      lazyread.Reader
 	live    liveness.Watch
+	park    park.Waiter
 	server  bool // the gateway is the server on this leg
 	deflate bool // permessage-deflate was negotiated (client leg only)
 	maxMsg  int64
@@ -74,26 +76,43 @@ type endpoint struct {
 func newEndpoint(c *Conn, side string, conn net.Conn, server, deflate bool, p timeout.Policy) *endpoint {
 	e := &endpoint{c: c, side: side, conn: conn, server: server, deflate: deflate, maxMsg: c.cfg.MaxMessageSize}
 	e.rd.Init(conn)
-	e.live.Init(conn, p, c.cfg.Now(), c.cfg.Now)
+	e.park.Init(conn, e.turn)
+	e.live.Init(conn, p, c.cfg.Now(), c.cfg.Now, &e.park)
 	return e
 }
 
-// run is the endpoint's reader goroutine. initial holds bytes read with the
+// run starts the endpoint's reader. initial holds bytes read with the
 // handshake.
 func (e *endpoint) run(initial []byte) {
 	if len(initial) > 0 {
 		e.bytes.Add(int64(len(initial)))
 		e.feed(initial)
 	}
+	e.turn()
+}
+
+// turn is one run of the reader, in its own goroutine: until the endpoint
+// ends, or until it is quiet and parks, to be woken by bytes, its next
+// policy event or a close.
+func (e *endpoint) turn() {
 	for {
 		if e.live.Arm() {
 			break
 		}
-		b, err := e.rd.Read()
+		b, err := e.rd.Read(e.live.Linger())
+		if err == lazyread.ErrWouldBlock {
+			if e.live.Park() {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if e.onDeadline() {
 					break
+				}
+				if e.live.Park() {
+					return
 				}
 				continue
 			}
@@ -107,6 +126,7 @@ func (e *endpoint) run(initial []byte) {
 		e.silence = e.live.Read()
 		e.feed(b)
 	}
+	e.park.Stop()
 	e.rd.Release()
 	e.conn.Close()
 	e.releaseMsg()

@@ -42,6 +42,13 @@ type Leg struct {
 	// PingSent is when the outstanding gateway Ping was sent, zero when no
 	// Ping awaits its Pong.
 	PingSent time.Time
+	// Early lets the keepalive Ping go out this much before Keepalive: a
+	// share of it drawn at random per connection, so that connections
+	// opened together (a restart, a reload, a load test) don't all ping in
+	// the same instant, waking every idle connection at once. Early is
+	// always safe: a Ping a little before the interval still comes before
+	// any middlebox's idle timeout.
+	Early time.Duration
 }
 
 // Action is what a Policy asks the relay to do now.
@@ -103,7 +110,7 @@ func (p Policy) Decide(l Leg, now time.Time) (Action, time.Time) {
 		if l.PingSent.After(silentSince) {
 			silentSince = l.PingSent
 		}
-		t := silentSince.Add(p.Keepalive)
+		t := silentSince.Add(p.Keepalive - min(l.Early, p.Keepalive/2))
 		if !now.Before(t) {
 			return Ping, next
 		}

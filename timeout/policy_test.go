@@ -111,3 +111,19 @@ func TestOff(t *testing.T) {
 		t.Fatalf("%v %v", closed, pings)
 	}
 }
+
+func TestEarlySpreadsPings(t *testing.T) {
+	p := Policy{Keepalive: 20 * time.Second, PongTimeout: 5 * time.Second}
+	l := Leg{LastRead: t0, LastWrite: t0, LastActive: t0, Early: 1500 * time.Millisecond}
+	if act, next := p.Decide(l, at(time.Second)); act != None || !next.Equal(at(18500*time.Millisecond)) {
+		t.Fatalf("%v, next %v", act, next.Sub(t0))
+	}
+	if act, _ := p.Decide(l, at(18500*time.Millisecond)); act != Ping {
+		t.Fatalf("at the early time: %v", act)
+	}
+	// Early never takes more than half the interval, whatever it is set to.
+	l.Early = time.Hour
+	if _, next := p.Decide(l, t0); !next.Equal(at(10 * time.Second)) {
+		t.Fatalf("next %v", next.Sub(t0))
+	}
+}

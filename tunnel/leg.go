@@ -11,6 +11,7 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
 	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/park"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -23,6 +24,7 @@ type leg struct {
 	conn net.Conn
 	rd   lazyread.Reader
 	live liveness.Watch
+	park park.Waiter
 
 	// Reader-owned.
 	scan    scanner
@@ -45,28 +47,45 @@ type leg struct {
 func (l *leg) init(c *Conn, side Side, conn net.Conn, p timeout.Policy) {
 	l.c, l.side, l.conn = c, side, conn
 	l.rd.Init(conn)
-	l.live.Init(conn, p, c.start, c.cfg.Now)
+	l.park.Init(conn, l.turn)
+	l.live.Init(conn, p, c.start, c.cfg.Now, &l.park)
 }
 
-// run is the reader goroutine of this leg: it relays what the peer sends to
-// the other leg and runs this leg's timeout policy on its read deadline.
+// run starts the leg's reader: it relays what the peer sends to the other
+// leg and runs this leg's timeout policy.
 func (l *leg) run(initial []byte) {
 	if len(initial) > 0 {
 		l.bytes.Add(int64(len(initial)))
 		l.scan.relay(l, initial)
 	}
+	l.turn()
+}
+
+// turn is one run of the reader, in its own goroutine: until the leg ends,
+// or until it is quiet and parks, to be woken by bytes, its next policy
+// event or a close.
+func (l *leg) turn() {
 	why := ""
 	for {
 		if l.live.Arm() {
 			why = "close grace period over"
 			break
 		}
-		b, err := l.rd.Read()
+		b, err := l.rd.Read(l.live.Linger())
+		if err == lazyread.ErrWouldBlock {
+			if l.live.Park() {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if l.onDeadline() {
 					why = "close grace period over"
 					break
+				}
+				if l.live.Park() {
+					return
 				}
 				continue
 			}
@@ -80,6 +99,7 @@ func (l *leg) run(initial []byte) {
 		l.silence = l.live.Read()
 		l.scan.relay(l, b)
 	}
+	l.park.Stop()
 	l.rd.Release()
 	l.conn.Close()
 	l.c.readerDone(l, why)

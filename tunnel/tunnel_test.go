@@ -29,7 +29,7 @@ func ownPong() []byte {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	w.Init(a, timeout.Policy{}, time.Now(), time.Now)
+	w.Init(a, timeout.Policy{}, time.Now(), time.Now, nil)
 	p := w.NextPing()
 	return p[:]
 }

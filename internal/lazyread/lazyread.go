@@ -1,8 +1,16 @@
 // Package lazyread reads a connection without holding a buffer while it
 // waits. A plain TCP connection is read through syscall.RawConn: the reader
-// parks in the network poller with no buffer, and a pooled one is taken
+// waits in the network poller with no buffer, and a pooled one is taken
 // only for the read syscall that has bytes to return. Other connections
 // (TLS, wrapped listeners) get a small buffer of their own.
+//
+// A read that returns less than the buffer has almost always drained the
+// socket, so the next Read without waiting reports ErrWouldBlock at once
+// instead of spending a syscall to learn that nothing is there. (Almost: a
+// read stops short at a FIN or urgent data. The caller then parks in a
+// level-triggered epoll set, which reports such a socket at once. A Read
+// that waits in Go's edge-triggered poller would miss it, so it always
+// tries the socket first.)
 package lazyread
 
 import (
@@ -15,9 +23,13 @@ import (
 )
 
 // BufSize is the size of a pooled read buffer. Buffers are borrowed per
-// read and returned before the reader parks again, so their number follows
-// the connections moving bytes right now, not the connections open.
-const BufSize = 16 << 10
+// read and returned before the reader waits again, so their number follows
+// the connections moving bytes right now, not the connections open. It
+// holds a 16 KiB message with its header in one read.
+const BufSize = 32 << 10
+
+// ErrWouldBlock is returned by Read(false) when no bytes are ready.
+var ErrWouldBlock = errors.New("lazyread: no bytes ready")
 
 // ownBufSize is the buffer of a connection that cannot be read lazily.
 const ownBufSize = 4 << 10
@@ -33,6 +45,10 @@ type Reader struct {
 	slot *[]byte // the pooled buffer lent by the last Read
 	n    int
 	err  error
+
+	drained bool // the last read returned less than asked: nothing is likely left
+	wait    bool // this Read waits in the poller when nothing is ready
+	blocked bool // this Read found nothing ready and did not wait
 }
 
 // Init prepares r to read conn.
@@ -51,6 +67,13 @@ func (r *Reader) Init(conn net.Conn) {
 // readFD is the RawConn callback: it gives the pooled buffer back when
 // nothing is ready, so a parked reader holds none.
 func (r *Reader) readFD(fd uintptr) bool {
+	if r.drained {
+		r.drained = false
+		if !r.wait {
+			r.blocked = true
+			return true
+		}
+	}
 	bp := pool.Get().(*[]byte)
 	for {
 		n, err := syscall.Read(int(fd), *bp)
@@ -59,6 +82,10 @@ func (r *Reader) readFD(fd uintptr) bool {
 		}
 		if err == syscall.EAGAIN {
 			pool.Put(bp)
+			if !r.wait {
+				r.blocked = true
+				return true
+			}
 			return false
 		}
 		if err != nil {
@@ -67,14 +94,18 @@ func (r *Reader) readFD(fd uintptr) bool {
 			return true
 		}
 		r.slot, r.n, r.err = bp, n, nil
+		r.drained = n > 0 && n < len(*bp)
 		return true
 	}
 }
 
-// Read waits for bytes and returns them; they stay valid until the next
-// Read or Release. It returns io.EOF when the peer closed its side, and the
-// connection's deadline errors as they are.
-func (r *Reader) Read() ([]byte, error) {
+// Read returns the bytes ready on the connection; they stay valid until the
+// next Read or Release. When none are ready it waits for them if wait is
+// set (until the connection's read deadline), and otherwise returns
+// ErrWouldBlock; a connection that cannot be read lazily always waits. It
+// returns io.EOF when the peer closed its side, and the connection's
+// deadline errors as they are.
+func (r *Reader) Read(wait bool) ([]byte, error) {
 	r.Release()
 	if r.raw == nil {
 		for {
@@ -88,8 +119,12 @@ func (r *Reader) Read() ([]byte, error) {
 			// 0, nil: a zero-length write on a pipe; read again.
 		}
 	}
+	r.wait, r.blocked = wait, false
 	if err := r.raw.Read(r.fn); err != nil {
 		return nil, err
+	}
+	if r.blocked {
+		return nil, ErrWouldBlock
 	}
 	if r.err != nil {
 		return nil, r.err

@@ -1,9 +1,10 @@
-// Package liveness runs a leg's idle-timeout policy on the leg's own read
-// deadline, for both relays (tunnel and terminate). It records what happens
-// on the leg (reads, writes, forwarded frames, pings), asks timeout.Policy
-// what to do, and keeps the socket's read deadline on the policy's next
-// event, so the leg needs no timer goroutine: its reader wakes up when
-// there is something to do.
+// Package liveness runs a leg's idle-timeout policy for both relays (tunnel
+// and terminate). It records what happens on the leg (reads, writes,
+// forwarded frames, pings) and asks timeout.Policy what to do and when.
+// While the leg's reader runs, the policy's next event is the socket's read
+// deadline; once the leg has read nothing for ParkAfter, the reader parks
+// (package park) with the next event on a runtime timer. Either way the leg
+// has no timer goroutine: its reader runs when there is something to do.
 package liveness
 
 import (
@@ -13,8 +14,22 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-websocket/caddy-websocket/internal/park"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
+
+// ParkAfter tells busy legs from quiet ones. A leg whose reads come less
+// than ParkAfter apart waits for the next bytes in Go's network poller,
+// goroutine and all, for up to ParkAfter; any other leg parks as soon as
+// it has read what is there (package park). A leg that is moving bytes
+// thus never pays for parking, and one that is quiet costs a goroutine
+// start per wake-up instead of a goroutine's stack for as long as it is
+// quiet.
+const ParkAfter = 100 * time.Millisecond
+
+// spreadMax is the largest share of Keepalive by which a leg's pings go out
+// early (timeout.Leg.Early).
+const spreadMax = 0.1
 
 // Watch is the liveness state of one leg. Times are nanoseconds since the
 // connection started (monotonic); zero means never. Arm and Fired belong to
@@ -22,6 +37,7 @@ import (
 type Watch struct {
 	policy atomic.Pointer[timeout.Policy]
 	conn   net.Conn
+	waiter *park.Waiter // nil or not enabled: the reader never parks
 	start  time.Time
 	now    func() time.Time
 
@@ -33,15 +49,23 @@ type Watch struct {
 
 	pingSeq     uint32        // reader-owned
 	pingSilence time.Duration // reader-owned: silence before the last ping
+	readGap     int64         // reader-owned: time between the last two reads (ns)
+	spread      float64       // share of Keepalive by which pings go early
 
-	deadline  time.Time   // reader-owned: the read deadline currently set
-	rearm     atomic.Bool // consult the policy at the next Arm
-	wdeadline time.Time   // guarded by the leg's write lock
+	deadline    time.Time   // reader-owned: the read deadline currently set
+	lingerArmed bool        // reader-owned: deadline includes the look-again after ParkAfter
+	rearm       atomic.Bool // consult the policy at the next Arm
+	wdeadline   time.Time   // guarded by the leg's write lock
 }
 
-// Init starts watching conn under policy. Silence counts from start.
-func (w *Watch) Init(conn net.Conn, policy timeout.Policy, start time.Time, now func() time.Time) {
+// Init starts watching conn under policy. Silence counts from start. The
+// leg's reader parks in waiter when it is quiet; waiter may be nil.
+func (w *Watch) Init(conn net.Conn, policy timeout.Policy, start time.Time, now func() time.Time, waiter *park.Waiter) {
 	w.conn, w.start, w.now = conn, start, now
+	if waiter != nil && waiter.Enabled() {
+		w.waiter = waiter
+	}
+	w.spread = rand.Float64() * spreadMax
 	w.policy.Store(&policy)
 	w.lastRead.Store(1)
 	w.lastWrite.Store(1)
@@ -58,6 +82,14 @@ func (w *Watch) SetPolicy(p timeout.Policy) {
 	w.rearm.Store(true)
 	if !w.Closing() {
 		w.conn.SetReadDeadline(time.Now())
+	}
+	w.wake()
+}
+
+// wake starts a parked reader (a running one is woken by its deadline).
+func (w *Watch) wake() {
+	if w.waiter != nil {
+		w.waiter.Wake()
 	}
 }
 
@@ -81,9 +113,19 @@ func (w *Watch) at(ns int64) time.Time {
 // been silent both ways before them, reading the clock once.
 func (w *Watch) Read() time.Duration {
 	now := w.Now()
-	silence := time.Duration(now - max(w.lastRead.Load(), w.lastWrite.Load()))
+	last := w.lastRead.Load()
+	silence := time.Duration(now - max(last, w.lastWrite.Load()))
+	w.readGap = now - last
 	w.lastRead.Store(now)
 	return silence
+}
+
+// Linger reports whether the reader should wait in the network poller when
+// it has read everything there is: the leg cannot park, is closing, or is
+// busy (its last two reads came less than ParkAfter apart). Otherwise the
+// reader reads without waiting and parks when nothing is ready.
+func (w *Watch) Linger() bool {
+	return w.waiter == nil || w.readGap < int64(ParkAfter) || w.Closing() || !w.waiter.Enabled()
 }
 
 // Wrote records bytes written to the peer.
@@ -154,6 +196,7 @@ func (w *Watch) StartClosing(grace time.Duration) {
 		}
 		if w.closingAt.CompareAndSwap(cur, at) {
 			w.conn.SetReadDeadline(w.at(at))
+			w.wake()
 			return
 		}
 	}
@@ -162,6 +205,9 @@ func (w *Watch) StartClosing(grace time.Duration) {
 // Arm sets the read deadline to the next policy event or the end of the
 // close grace period, and reports true when that period is over.
 func (w *Watch) Arm() bool {
+	// A lingering reader must look again after ParkAfter (to park if
+	// nothing came); a deadline set while it did not linger may be far off.
+	linger := w.waiter != nil && w.Linger()
 	for {
 		var d time.Time
 		ca := w.closingAt.Load()
@@ -171,14 +217,24 @@ func (w *Watch) Arm() bool {
 				return true
 			}
 			d = w.at(ca)
-		case !w.deadline.IsZero() && !w.rearm.Load():
+		case !w.deadline.IsZero() && !w.rearm.Load() && (w.lingerArmed || !linger):
 			// Traffic only moves the policy's next event later, so the
 			// deadline already set fires early at worst and is re-armed
 			// then: a busy leg is not re-armed on every read.
 			return false
 		default:
 			w.rearm.Store(false)
-			_, d = w.Policy().Decide(w.state(), w.now())
+			now := w.now()
+			act, next := w.Policy().Decide(w.state(), now)
+			d = next
+			if act != timeout.None {
+				d = now // due already (a parked leg's timer): Fired acts on it
+			}
+			if w.lingerArmed = linger; linger {
+				if p := now.Add(ParkAfter); d.IsZero() || p.Before(d) {
+					d = p
+				}
+			}
 		}
 		if d.Equal(w.deadline) {
 			return false
@@ -205,12 +261,33 @@ func (w *Watch) Fired() (act timeout.Action, over bool) {
 	return act, false
 }
 
+// Park parks the leg's reader, with the policy's next event on a timer,
+// unless it is closing or it lingers (Linger) and has read something in the
+// last ParkAfter. It reports true when the reader is parked: the calling
+// goroutine must then return without touching the leg, whose next turn runs
+// in a new goroutine. The reader calls it when a read without waiting found
+// nothing, or when Fired asked for nothing.
+func (w *Watch) Park() bool {
+	if w.waiter == nil || w.Closing() || !w.waiter.Enabled() {
+		return false
+	}
+	if w.readGap < int64(ParkAfter) && w.Now()-w.lastRead.Load() < int64(ParkAfter) {
+		return false
+	}
+	act, next := w.Policy().Decide(w.state(), w.now())
+	if act != timeout.None {
+		return false // due now: Arm makes Fired act on it
+	}
+	return w.waiter.Park(next)
+}
+
 func (w *Watch) state() timeout.Leg {
 	return timeout.Leg{
 		LastRead:   w.at(w.lastRead.Load()),
 		LastWrite:  w.at(w.lastWrite.Load()),
 		LastActive: w.at(w.lastActive.Load()),
 		PingSent:   w.at(w.pingSent.Load()),
+		Early:      time.Duration(w.spread * float64(w.policy.Load().Keepalive)),
 	}
 }
 

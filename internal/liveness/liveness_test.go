@@ -20,7 +20,8 @@ func watch(t *testing.T, p timeout.Policy) (*Watch, *fakeClock) {
 	t.Cleanup(func() { a.Close(); b.Close() })
 	clk := &fakeClock{t: time.Date(2009, 12, 1, 0, 0, 0, 0, time.UTC)}
 	var w Watch
-	w.Init(a, p, clk.t, clk.now)
+	w.Init(a, p, clk.t, clk.now, nil)
+	w.spread = 0 // exact ping times; TestPingsSpread covers the spread
 	return &w, clk
 }
 
@@ -95,5 +96,29 @@ func TestSetPolicy(t *testing.T) {
 	clk.add(100 * time.Millisecond)
 	if got := w.Silence(); got != 100*time.Millisecond {
 		t.Fatalf("silence: %v", got)
+	}
+}
+
+// TestPingsSpread checks that legs started together ping at different
+// times, within the last tenth of the interval.
+func TestPingsSpread(t *testing.T) {
+	p := timeout.Policy{Keepalive: 10 * time.Second}
+	seen := map[time.Duration]bool{}
+	for range 50 {
+		a, b := net.Pipe()
+		clk := &fakeClock{t: time.Date(2009, 12, 1, 0, 0, 0, 0, time.UTC)}
+		var w Watch
+		w.Init(a, p, clk.t, clk.now, nil)
+		s := w.Snapshot()
+		d := s.Next.Sub(clk.t)
+		if s.NextAction != timeout.Ping || d < 9*time.Second || d > 10*time.Second {
+			t.Fatalf("first ping: %v after %v", s.NextAction, d)
+		}
+		seen[d] = true
+		a.Close()
+		b.Close()
+	}
+	if len(seen) < 40 {
+		t.Fatalf("50 legs ping at only %d distinct times", len(seen))
 	}
 }

@@ -423,6 +423,18 @@ func openFDs() int {
 
 // relayGoroutines returns the stacks of goroutines running tunnel or
 // terminate code.
+// RelayGoroutines counts the goroutines running the gateway's relays right
+// now; a quiet connection should hold none.
+func RelayGoroutines() int {
+	if s := relayGoroutines(); s != "" {
+		return strings.Count(s, "\n\n") + 1
+	}
+	return 0
+}
+
+// RelayStacks returns the stacks of the goroutines RelayGoroutines counts.
+func RelayStacks() string { return relayGoroutines() }
+
 func relayGoroutines() string {
 	buf := make([]byte, 1<<22)
 	buf = buf[:runtime.Stack(buf, true)]

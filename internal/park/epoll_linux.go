@@ -1,0 +1,97 @@
+package park
+
+import (
+	"os"
+	"sync"
+	"syscall"
+)
+
+const supported = true
+
+// The epoll set, and the waiter of each file descriptor in it. Events carry
+// the descriptor; a stale event (for a descriptor closed and reused since)
+// finds the new owner, whose reader then looks at its socket for nothing,
+// which is harmless.
+var (
+	epOnce sync.Once
+	epFD   = -1
+	epErr  error
+
+	tableMu sync.RWMutex
+	table   []*Waiter // by descriptor
+)
+
+// events asks for readable bytes and hang-ups (errors come regardless),
+// level-triggered, once per arming.
+const events = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+
+func start() {
+	epFD, epErr = syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if epErr != nil {
+		epErr = os.NewSyscallError("epoll_create1", epErr)
+		return
+	}
+	go loop(epFD)
+}
+
+// loop is the one goroutine that waits on the epoll set, for the life of
+// the process. It blocks in epoll_wait in its own thread and only starts
+// turns, so it never waits behind a relay.
+func loop(ep int) {
+	var evs [128]syscall.EpollEvent
+	for {
+		n, err := syscall.EpollWait(ep, evs[:], -1)
+		if err != nil {
+			continue // EINTR
+		}
+		tableMu.RLock()
+		for _, ev := range evs[:n] {
+			if fd := int(ev.Fd); fd < len(table) {
+				if w := table[fd]; w != nil {
+					w.fire()
+				}
+			}
+		}
+		tableMu.RUnlock()
+	}
+}
+
+func add(w *Waiter) error {
+	epOnce.Do(start)
+	if epErr != nil {
+		return epErr
+	}
+	tableMu.Lock()
+	if w.fd >= len(table) {
+		grown := make([]*Waiter, max(w.fd+1, 2*len(table), 1024))
+		copy(grown, table)
+		table = grown
+	}
+	table[w.fd] = w
+	tableMu.Unlock()
+	ev := syscall.EpollEvent{Events: events, Fd: int32(w.fd)}
+	if err := syscall.EpollCtl(epFD, syscall.EPOLL_CTL_ADD, w.fd, &ev); err != nil {
+		tableMu.Lock()
+		table[w.fd] = nil
+		tableMu.Unlock()
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+func rearm(fd int) error {
+	ev := syscall.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := syscall.EpollCtl(epFD, syscall.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+func remove(w *Waiter, fd int) {
+	syscall.EpollCtl(epFD, syscall.EPOLL_CTL_DEL, fd, nil)
+	tableMu.Lock()
+	if fd < len(table) && table[fd] == w {
+		table[fd] = nil
+	}
+	tableMu.Unlock()
+}

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package park
+
+// Elsewhere legs keep their goroutine in Go's network poller.
+const supported = false
+
+func add(*Waiter) error   { return nil }
+func rearm(int) error     { return nil }
+func remove(*Waiter, int) {}

@@ -1,0 +1,166 @@
+// Package park lets an idle connection wait with no goroutine of its own.
+//
+// A relay leg reads in a goroutine while bytes move. Once the leg has been
+// quiet for a moment it parks: its goroutine exits, the socket waits in one
+// epoll set shared by the whole process (oneshot, so an event is delivered
+// once per park), and the leg's next policy event (a keepalive ping, a
+// timeout) waits in a runtime timer, which costs no goroutine either. The
+// first of readable bytes, the timer, or an explicit Wake starts a new
+// goroutine that runs the leg again; the others are then ignored, so a
+// late or spurious wake only costs a look at the leg.
+//
+// An idle connection then holds its sockets and a few hundred bytes of
+// state instead of two parked goroutine stacks. Where parking is not
+// available (not Linux, not a TCP connection) Init reports false and the
+// leg keeps its goroutine, waiting in Go's network poller as before.
+package park
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	running int32 = iota
+	parked
+	stopped
+)
+
+// Waiter parks one connection's reader. Park, Stop and Init belong to the
+// goroutine running the reader; Wake may be called from anywhere.
+type Waiter struct {
+	raw   syscall.RawConn
+	run   func()
+	timer *time.Timer
+
+	state   atomic.Int32
+	pending atomic.Bool // a Wake came while running: don't park on it
+	failed  atomic.Bool // the epoll set refused the socket: never park
+
+	mu  sync.Mutex // orders Park and Stop: a woken reader may park again before the last Park returned
+	fd  int
+	reg bool // in the epoll set
+}
+
+// Init prepares w to park conn; run is started in a new goroutine at each
+// wake and must either park again or Stop. It reports false when conn
+// cannot be parked.
+func (w *Waiter) Init(conn net.Conn, run func()) bool {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok || !supported {
+		return false
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	w.raw, w.run, w.fd = raw, run, -1
+	return true
+}
+
+// Enabled reports whether the connection can park: Init succeeded and the
+// epoll set has not refused it.
+func (w *Waiter) Enabled() bool { return w.raw != nil && !w.failed.Load() }
+
+// Park hands the reader's turn over: run will be started again when the
+// connection is readable (or hung up), at at (when not zero), or on Wake,
+// whichever comes first. It reports false when the caller must go on
+// running instead: a Wake arrived while it was running, or the socket
+// could not be put in the epoll set. After Park reports true the caller
+// must not touch the leg again.
+func (w *Waiter) Park(at time.Time) bool {
+	if !w.Enabled() {
+		return false
+	}
+	if w.pending.Swap(false) {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.state.Load() == stopped {
+		return false
+	}
+	w.state.Store(parked)
+	// From here a wake may start the next turn in another goroutine; what
+	// follows touches only the timer, the epoll set and atomics.
+	if !at.IsZero() {
+		d := time.Until(at)
+		if w.timer == nil {
+			w.timer = time.AfterFunc(d, w.fire)
+		} else {
+			w.timer.Reset(d)
+		}
+	}
+	if err := w.arm(); err != nil {
+		// Without the epoll set readable bytes would go unnoticed: keep
+		// the goroutine, now and from now on.
+		w.failed.Store(true)
+		return !w.state.CompareAndSwap(parked, running)
+	}
+	// A Wake between the Swap above and the state change saw the reader
+	// running and left pending set: take the turn back.
+	if w.pending.Load() && w.state.CompareAndSwap(parked, running) {
+		w.pending.Store(false)
+		return false
+	}
+	return true
+}
+
+// arm puts the socket in the epoll set, or re-arms its oneshot event.
+func (w *Waiter) arm() error {
+	var err error
+	cerr := w.raw.Control(func(fd uintptr) {
+		if !w.reg {
+			w.fd = int(fd)
+			if err = add(w); err == nil {
+				w.reg = true
+			}
+			return
+		}
+		err = rearm(int(fd))
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// Wake starts the reader's next turn now if it is parked, or makes its next
+// Park return false if it is running: something changed that it must look
+// at (a new policy, a close).
+func (w *Waiter) Wake() {
+	if w.raw == nil {
+		return
+	}
+	w.pending.Store(true)
+	w.fire()
+}
+
+// fire starts a turn if the reader is parked. Readiness and timers call it
+// without setting pending: a turn re-reads the socket and the clock anyway.
+func (w *Waiter) fire() {
+	if w.state.CompareAndSwap(parked, running) {
+		go w.run()
+	}
+}
+
+// Stop takes the connection out of the epoll set and stops its timer; the
+// reader calls it before closing the socket. Later wakes do nothing.
+func (w *Waiter) Stop() {
+	if w.raw == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.state.Store(stopped)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	if w.reg {
+		w.raw.Control(func(fd uintptr) { remove(w, int(fd)) })
+		w.reg = false
+	}
+}
