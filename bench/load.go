@@ -128,13 +128,10 @@ func idle(p *proc, s settings, res result) error {
 	rss1, g1 := p.rssKiB(), p.goroutines()
 	n := float64(s.idleConns)
 	res["idle_rss_kib_per_conn"] = float64(rss1-rss0) / n
-	// Go shrinks the stacks of parked goroutines at a collection, which an
-	// idle process gets at least every two minutes; for Caddy targets, ask
-	// for one now (the pprof heap endpoint's gc=1) and measure again.
-	if p.gc() {
-		time.Sleep(500 * time.Millisecond)
-		res["idle_rss_kib_per_conn_after_gc"] = float64(p.rssKiB()-rss0) / n
-	}
+	// A Go process returns the garbage of the handshakes to the OS over the
+	// next seconds; what it keeps is its idle cost. Every target is given
+	// the same chance to settle.
+	res["idle_rss_kib_per_conn_settled"] = float64(settledRSS(p)-rss0) / n
 	if g0 >= 0 && g1 >= 0 {
 		res["idle_goroutines_per_conn"] = float64(g1-g0) / n
 	}
@@ -149,6 +146,21 @@ func idle(p *proc, s settings, res result) error {
 	rss2 := p.rssKiB()
 	res["idle_rss_after_close_pct_of_start"] = float64(rss2) / float64(rss0) * 100
 	return nil
+}
+
+// settledRSS waits until the target's RSS moves by less than 0.5% over a
+// second, for at most 20 seconds, and returns it.
+func settledRSS(p *proc) int64 {
+	prev := p.rssKiB()
+	for range 20 {
+		time.Sleep(time.Second)
+		cur := p.rssKiB()
+		if d := cur - prev; d*200 <= cur && -d*200 <= cur {
+			return cur
+		}
+		prev = cur
+	}
+	return prev
 }
 
 // handshakes opens and closes connections with c workers for d.

@@ -35,8 +35,8 @@ func (r *report) add(rep int, target string, res result) { r.reps[rep][target] =
 
 // rows are the figures in report order.
 var rows = []struct{ key, label string }{
-	{"idle_rss_kib_per_conn", "idle: RSS per connection (KiB)"},
-	{"idle_rss_kib_per_conn_after_gc", "idle: RSS per connection after a GC (KiB; Go targets)"},
+	{"idle_rss_kib_per_conn", "idle: RSS per connection, 1.5 s after the last message (KiB)"},
+	{"idle_rss_kib_per_conn_settled", "idle: RSS per connection once settled (KiB)"},
 	{"idle_goroutines_per_conn", "idle: goroutines per connection"},
 	{"idle_cpu_pct", "idle: CPU (% of one core)"},
 	{"idle_rss_after_close_pct_of_start", "idle: RSS after closing all (% of start)"},

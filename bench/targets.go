@@ -121,20 +121,6 @@ func (p *proc) cpu() time.Duration {
 	return time.Duration(ticks) * time.Second / hz
 }
 
-// gc makes a Caddy target collect garbage, through its admin endpoint's
-// pprof heap profile with gc=1; it reports whether it could.
-func (p *proc) gc() bool {
-	if p.admin == "" {
-		return false
-	}
-	res, err := http.Get("http://" + p.admin + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		return false
-	}
-	res.Body.Close()
-	return res.StatusCode == 200
-}
-
 // goroutines reads go_goroutines from a Caddy target's admin metrics.
 func (p *proc) goroutines() int {
 	if p.admin == "" {

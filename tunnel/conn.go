@@ -98,8 +98,10 @@ type Conn struct {
 
 	mu      sync.Mutex
 	ended   bool // a closer has been recorded
-	sum     Summary
-	readers int // reader goroutines still running
+	closer  string
+	code    int
+	reason  string
+	readers int // readers still running (or parked)
 }
 
 // New returns a tunnel between an upgraded client connection and an upgraded
@@ -176,7 +178,7 @@ func (c *Conn) record(closer string, code int, reason string) {
 	c.mu.Lock()
 	if !c.ended {
 		c.ended = true
-		c.sum.Closer, c.sum.Code, c.sum.Reason = closer, code, reason
+		c.closer, c.code, c.reason = closer, code, reason
 	}
 	c.mu.Unlock()
 }
@@ -214,8 +216,7 @@ func (c *Conn) readerDone(l *leg, why string) {
 	if !last {
 		return
 	}
-	sum := c.sum
-	sum.Start, sum.End = c.start, c.cfg.Now()
+	sum := Summary{Closer: c.closer, Code: c.code, Reason: c.reason, Start: c.start, End: c.cfg.Now()}
 	for _, s := range []Side{Client, Backend} {
 		sum.Bytes[s] = c.legs[s].bytes.Load()
 		sum.Messages[s] = c.legs[s].msgs.Load()

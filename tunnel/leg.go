@@ -30,18 +30,18 @@ type leg struct {
 	scan    scanner
 	silence time.Duration // both ways, before the last read
 
-	closeRecv   atomic.Bool // a Close frame came from the peer
 	bytes, msgs atomic.Int64
+	closeRecv   atomic.Bool // a Close frame came from the peer
 
 	// Writer state: what has been written to the peer, guarded by wmu.
 	wmu       sync.Mutex
+	hasPend   atomic.Bool // hint for the other reader: mark a boundary
 	midFrame  bool        // the stream to the peer is inside a frame
-	pending   []byte      // gateway frames waiting for a frame boundary
 	pendClose bool        // pending ends with the gateway's Close frame
 	closeSent bool        // a Close frame was relayed or queued to the peer; drop the rest
 	writeDead bool        // a write failed; drop the rest
+	pending   []byte      // gateway frames waiting for a frame boundary
 	writeErr  error       // why
-	hasPend   atomic.Bool // hint for the other reader: mark a boundary
 }
 
 func (l *leg) init(c *Conn, side Side, conn net.Conn, p timeout.Policy) {

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"net"
+	"sync"
 
 	"github.com/caddy-websocket/caddy-websocket/frame"
 )
@@ -14,11 +15,20 @@ import (
 type scanner struct {
 	remain int64        // payload bytes left in the current streamed frame
 	cur    frame.Header // its header
-	carry  [frame.MaxHeaderSize + frame.MaxControlPayload]byte
+	carry  *carry       // borrowed while a unit is split across reads
 	carryN int
 	broken bool // an unparseable header: relay the rest blindly
-	segs   net.Buffers
 }
+
+// carry holds a header, or a held frame, split across reads. Units are
+// rarely split, so the buffer is pooled rather than kept by every idle
+// connection.
+type carry [frame.MaxHeaderSize + frame.MaxControlPayload]byte
+
+var (
+	carryPool = sync.Pool{New: func() any { return new(carry) }}
+	segsPool  = sync.Pool{New: func() any { return new(net.Buffers) }}
+)
 
 // held reports whether a frame is kept whole before relaying: Pongs may be
 // answers to the gateway's pings, which are consumed; Close frames carry the
@@ -34,14 +44,20 @@ func (s *scanner) relay(src *leg, b []byte) {
 		dst.write(net.Buffers{b}, -1, true, false)
 		return
 	}
-	s.segs = s.segs[:0]
+	sp := segsPool.Get().(*net.Buffers)
+	segs := (*sp)[:0]
+	defer func() {
+		clear(segs) // hold no reference to the read buffer
+		*sp = segs[:0]
+		segsPool.Put(sp)
+	}()
 	boundary := -1
 	mark := dst.hasPend.Load() // only split the output where a ping waits
 	var closeFrame, active bool
 	i, run := 0, 0
 	flushRun := func(end int) {
 		if end > run {
-			s.segs = append(s.segs, b[run:end])
+			segs = append(segs, b[run:end])
 			active = true
 		}
 		run = end
@@ -49,7 +65,7 @@ func (s *scanner) relay(src *leg, b []byte) {
 	atBoundary := func() {
 		if mark && boundary < 0 {
 			flushRun(i)
-			boundary = len(s.segs)
+			boundary = len(segs)
 		}
 	}
 
@@ -74,18 +90,19 @@ func (s *scanner) relay(src *leg, b []byte) {
 		if err != nil {
 			s.broken = true
 			dst.write(net.Buffers{unit, b[i:]}, -1, true, false)
+			s.keep(nil)
 			return
 		}
 		if held(h) {
 			if !s.heldFrame(src, h, unit[hs:]) {
-				s.segs = append(s.segs, unit)
+				segs = append(segs, unit)
 				active = true
 				closeFrame = closeFrame || h.Op == frame.OpClose
 			}
 			s.frameDone(src, h)
 		} else {
 			atBoundary()
-			s.segs = append(s.segs, unit)
+			segs = append(segs, unit)
 			active = true
 			s.cur, s.remain = h, h.Length
 			if s.remain == 0 {
@@ -144,14 +161,14 @@ func (s *scanner) relay(src *leg, b []byte) {
 	}
 	flushRun(tail)
 	if s.remain == 0 && boundary < 0 && !s.broken {
-		boundary = len(s.segs)
+		boundary = len(segs)
 	}
 	if active {
 		src.live.Active()
 	}
-	dst.write(s.segs, boundary, s.remain > 0 || s.broken, closeFrame)
+	dst.write(segs, boundary, s.remain > 0 || s.broken, closeFrame)
 	// Only now may the carry buffer be overwritten: segs pointed into it.
-	s.carryN = copy(s.carry[:], b[tail:])
+	s.keep(b[tail:])
 
 	if closeFrame {
 		// src sent Close; once dst's answer has gone back, src's closing
@@ -163,6 +180,23 @@ func (s *scanner) relay(src *leg, b []byte) {
 			dst.startClosing(src.c.cfg.CloseGrace)
 		}
 	}
+}
+
+// keep carries the start of a split unit over to the next read, in a
+// pooled buffer that goes back as soon as nothing is carried.
+func (s *scanner) keep(rest []byte) {
+	if len(rest) == 0 {
+		s.carryN = 0
+		if s.carry != nil {
+			carryPool.Put(s.carry)
+			s.carry = nil
+		}
+		return
+	}
+	if s.carry == nil {
+		s.carry = carryPool.Get().(*carry)
+	}
+	s.carryN = copy(s.carry[:], rest)
 }
 
 // unitSize is how many bytes the carried unit needs: the header, and for a

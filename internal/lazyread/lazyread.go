@@ -40,7 +40,7 @@ var pool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
 type Reader struct {
 	conn net.Conn
 	raw  syscall.RawConn
-	own  []byte
+	own  *[]byte // the buffer of a connection that cannot be read lazily
 	fn   func(fd uintptr) bool
 	slot *[]byte // the pooled buffer lent by the last Read
 	n    int
@@ -61,7 +61,8 @@ func (r *Reader) Init(conn net.Conn) {
 			return
 		}
 	}
-	r.own = make([]byte, ownBufSize)
+	own := make([]byte, ownBufSize)
+	r.own = &own
 }
 
 // readFD is the RawConn callback: it gives the pooled buffer back when
@@ -109,9 +110,9 @@ func (r *Reader) Read(wait bool) ([]byte, error) {
 	r.Release()
 	if r.raw == nil {
 		for {
-			n, err := r.conn.Read(r.own)
+			n, err := r.conn.Read(*r.own)
 			if n > 0 {
-				return r.own[:n], nil
+				return (*r.own)[:n], nil
 			}
 			if err != nil {
 				return nil, err

@@ -47,15 +47,14 @@ type Watch struct {
 
 	pings, pongs, rtt atomic.Int64 // keepalive pings sent, pongs back, last round trip (ns)
 
-	pingSeq     uint32        // reader-owned
 	pingSilence time.Duration // reader-owned: silence before the last ping
 	readGap     int64         // reader-owned: time between the last two reads (ns)
 	spread      float64       // share of Keepalive by which pings go early
-
-	deadline    time.Time   // reader-owned: the read deadline currently set
-	lingerArmed bool        // reader-owned: deadline includes the look-again after ParkAfter
-	rearm       atomic.Bool // consult the policy at the next Arm
-	wdeadline   time.Time   // guarded by the leg's write lock
+	deadline    int64         // reader-owned: the read deadline currently set (ns since start; 0: none)
+	wdeadline   int64         // guarded by the leg's write lock: the write deadline (ns since start)
+	pingSeq     uint32        // reader-owned
+	lingerArmed bool          // reader-owned: deadline includes the look-again after ParkAfter
+	rearm       atomic.Bool   // consult the policy at the next Arm
 }
 
 // Init starts watching conn under policy. Silence counts from start. The
@@ -217,7 +216,7 @@ func (w *Watch) Arm() bool {
 				return true
 			}
 			d = w.at(ca)
-		case !w.deadline.IsZero() && !w.rearm.Load() && (w.lingerArmed || !linger):
+		case w.deadline != 0 && !w.rearm.Load() && (w.lingerArmed || !linger):
 			// Traffic only moves the policy's next event later, so the
 			// deadline already set fires early at worst and is re-armed
 			// then: a busy leg is not re-armed on every read.
@@ -236,10 +235,14 @@ func (w *Watch) Arm() bool {
 				}
 			}
 		}
-		if d.Equal(w.deadline) {
+		dn := int64(0)
+		if !d.IsZero() {
+			dn = max(int64(d.Sub(w.start)), 1)
+		}
+		if dn == w.deadline {
 			return false
 		}
-		w.deadline = d
+		w.deadline = dn
 		w.conn.SetReadDeadline(d)
 		// StartClosing may have set its deadline between the load above
 		// and ours: look again so the grace deadline is never overwritten.
@@ -253,7 +256,7 @@ func (w *Watch) Arm() bool {
 // policy asks for; Closing (and an action of None) with over set means the
 // close grace period is over.
 func (w *Watch) Fired() (act timeout.Action, over bool) {
-	w.deadline = time.Time{} // a fired deadline must be re-armed
+	w.deadline = 0 // a fired deadline must be re-armed
 	if ca := w.closingAt.Load(); ca != 0 {
 		return timeout.None, w.Now() >= ca
 	}
@@ -299,10 +302,10 @@ func (w *Watch) ArmWrite() {
 	if wt <= 0 {
 		return
 	}
-	now := w.now()
-	if w.wdeadline.Sub(now) < wt/2 {
-		w.wdeadline = now.Add(wt)
-		w.conn.SetWriteDeadline(w.wdeadline)
+	now := w.Now()
+	if time.Duration(w.wdeadline-now) < wt/2 {
+		w.wdeadline = now + int64(wt)
+		w.conn.SetWriteDeadline(w.at(w.wdeadline))
 	}
 }
 

@@ -61,18 +61,19 @@ func add(w *Waiter) error {
 	if epErr != nil {
 		return epErr
 	}
+	fd := int(w.fd)
 	tableMu.Lock()
-	if w.fd >= len(table) {
-		grown := make([]*Waiter, max(w.fd+1, 2*len(table), 1024))
+	if fd >= len(table) {
+		grown := make([]*Waiter, max(fd+1, 2*len(table), 1024))
 		copy(grown, table)
 		table = grown
 	}
-	table[w.fd] = w
+	table[fd] = w
 	tableMu.Unlock()
-	ev := syscall.EpollEvent{Events: events, Fd: int32(w.fd)}
-	if err := syscall.EpollCtl(epFD, syscall.EPOLL_CTL_ADD, w.fd, &ev); err != nil {
+	ev := syscall.EpollEvent{Events: events, Fd: w.fd}
+	if err := syscall.EpollCtl(epFD, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		tableMu.Lock()
-		table[w.fd] = nil
+		table[fd] = nil
 		tableMu.Unlock()
 		return os.NewSyscallError("epoll_ctl", err)
 	}

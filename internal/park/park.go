@@ -36,13 +36,12 @@ type Waiter struct {
 	run   func()
 	timer *time.Timer
 
+	mu      sync.Mutex // orders Park and Stop: a woken reader may park again before the last Park returned
 	state   atomic.Int32
+	fd      int32
 	pending atomic.Bool // a Wake came while running: don't park on it
 	failed  atomic.Bool // the epoll set refused the socket: never park
-
-	mu  sync.Mutex // orders Park and Stop: a woken reader may park again before the last Park returned
-	fd  int
-	reg bool // in the epoll set
+	reg     bool        // in the epoll set
 }
 
 // Init prepares w to park conn; run is started in a new goroutine at each
@@ -114,7 +113,7 @@ func (w *Waiter) arm() error {
 	var err error
 	cerr := w.raw.Control(func(fd uintptr) {
 		if !w.reg {
-			w.fd = int(fd)
+			w.fd = int32(fd)
 			if err = add(w); err == nil {
 				w.reg = true
 			}
