@@ -84,12 +84,6 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 
-	// A re-dial offers the backend only the subprotocol the client has.
-	if chosen != "" {
-		hdr.Set("Sec-WebSocket-Protocol", chosen)
-	} else {
-		hdr.Del("Sec-WebSocket-Protocol")
-	}
 	side := h.Backend
 	if side == nil {
 		side = &Side{}
@@ -104,22 +98,39 @@ func (h *Handler) terminate(w http.ResponseWriter, r *http.Request) bool {
 		ReconnectAttempts: side.ReconnectAttempts,
 		ReconnectWindow:   time.Duration(side.ReconnectWindow),
 		ReconnectBuffer:   side.ReconnectBuffer,
-		Redial: func(ctx context.Context) (net.Conn, []byte, error) {
-			key := newKey()
-			hdr.Set("Sec-WebSocket-Key", key)
-			conn, _, res, br, err := h.connect(ctx, writeRequest(uri, host, hdr), key)
-			if err != nil {
-				return nil, nil, err
-			}
-			if res.StatusCode != http.StatusSwitchingProtocols {
-				conn.Close()
-				return nil, nil, fmt.Errorf("backend answered %s", res.Status)
-			}
-			return conn, buffered(br), nil
-		},
+	}
+	if cfg.Reconnect {
+		cfg.Redial = h.redialer(uri, host, hdr, chosen)
 	}
 	h.startTerminate(r, id, client, backend, up, cfg, chosen, brw, buffered(br))
 	return true
+}
+
+// redialer returns the Redial of a terminated connection. The request is
+// kept as bytes, not as a header map: it is held for the connection's
+// life. A re-dial offers the backend only the subprotocol the client has,
+// and a key of its own.
+func (h *Handler) redialer(uri, host string, hdr http.Header, chosen string) func(context.Context) (net.Conn, []byte, error) {
+	if chosen != "" {
+		hdr.Set("Sec-WebSocket-Protocol", chosen)
+	} else {
+		hdr.Del("Sec-WebSocket-Protocol")
+	}
+	hdr.Del("Sec-WebSocket-Key")
+	req := writeRequest(uri, host, hdr)
+	head := slices.Clip(req[:len(req)-2]) // up to the blank line
+	return func(ctx context.Context) (net.Conn, []byte, error) {
+		key := newKey()
+		conn, _, res, br, err := h.connect(ctx, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...), key)
+		if err != nil {
+			return nil, nil, err
+		}
+		if res.StatusCode != http.StatusSwitchingProtocols {
+			conn.Close()
+			return nil, nil, fmt.Errorf("backend answered %s", res.Status)
+		}
+		return conn, buffered(br), nil
+	}
 }
 
 // tokens splits all values of a comma-separated header.

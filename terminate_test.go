@@ -282,6 +282,13 @@ func TestTerminateReconnectGivesUp(t *testing.T) {
 		}
 	}`, chat.addr))
 	c := dialWS(t, "ws://"+addr+"/ws")
+	// A round trip first: the chat must have the member before the kill
+	// can drop it.
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.WriteMessage(websocket.TextMessage, []byte("alice:hi"))
+	if _, m, err := c.ReadMessage(); err != nil || string(m) != "alice:hi" {
+		t.Fatalf("before the kill: %q %v", m, err)
+	}
 	chat.kill()
 	start := time.Now()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -206,10 +206,24 @@ func (c *Conn) record(closer string, code int, reason string) {
 	}
 }
 
+// flushPeer writes what e's read queued for the other side.
+func (c *Conn) flushPeer(e *endpoint) {
+	if e != c.client {
+		c.client.flush()
+		return
+	}
+	c.mu.Lock()
+	b := c.backend
+	c.mu.Unlock()
+	if b != nil {
+		b.flush()
+	}
+}
+
 // message relays a complete message from e to the other side.
 func (c *Conn) message(e *endpoint, op frame.Opcode, p []byte) {
 	if e != c.client {
-		c.client.writeMessage(op, p)
+		c.client.queueMessage(op, p)
 		return
 	}
 	c.mu.Lock()
@@ -220,7 +234,7 @@ func (c *Conn) message(e *endpoint, op frame.Opcode, p []byte) {
 		return
 	}
 	c.mu.Unlock()
-	if !b.writeMessage(op, p) {
+	if !b.queueMessage(op, p) {
 		// The backend is going; with reconnect on, the message waits for
 		// the next one instead of being lost.
 		c.mu.Lock()

@@ -71,6 +71,7 @@ type endpoint struct {
 	closeSent bool
 	writeDead bool
 	hdrOut    [frame.MaxHeaderSize]byte
+	out       []byte // frames held for one write at the end of the peer's read (queueMessage)
 }
 
 func newEndpoint(c *Conn, side string, conn net.Conn, server, deflate bool, p timeout.Policy) *endpoint {
@@ -87,6 +88,7 @@ func (e *endpoint) run(initial []byte) {
 	if len(initial) > 0 {
 		e.bytes.Add(int64(len(initial)))
 		e.feed(initial)
+		e.c.flushPeer(e)
 	}
 	e.turn()
 }
@@ -125,6 +127,7 @@ func (e *endpoint) turn() {
 		e.bytes.Add(int64(len(b)))
 		e.silence = e.live.Read()
 		e.feed(b)
+		e.c.flushPeer(e)
 	}
 	e.park.Stop()
 	e.rd.Release()
@@ -439,42 +442,125 @@ func (e *endpoint) writeControl(op frame.Opcode, p []byte) {
 	e.wmu.Unlock()
 }
 
-// writeMessage sends a whole message as one frame, compressed when the
+// writeMessage sends a whole message as one frame now, compressed when the
 // client leg negotiated it, masked (in a copy) towards a backend, so p is
 // left as it was and can be sent again after a reconnect. It reports false
 // when the message could not be written.
 func (e *endpoint) writeMessage(op frame.Opcode, p []byte) bool {
-	h := frame.Header{Fin: true, Op: op, Masked: !e.server}
-	if e.deflate && len(p) >= minCompress {
-		zipped := compress(getMsg(), p)
-		defer putMsg(zipped)
-		p = zipped
-		h.Rsv = frame.Rsv1
-	}
-	h.Length = int64(len(p))
-	if h.Masked {
-		masked := append(getMsg(), p...)
-		defer putMsg(masked)
-		h.Mask = frame.NewKey(true)
-		frame.Mask(h.Mask, 0, masked)
-		p = masked
-	}
+	h, p, done := e.prepare(op, p)
+	defer done()
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	if e.closeSent || e.writeDead {
 		return false
 	}
+	if h.Masked {
+		masked := append(getMsg(), p...)
+		defer putMsg(masked)
+		frame.Mask(h.Mask, 0, masked)
+		p = masked
+	}
 	n := frame.PutHeader(e.hdrOut[:], h)
 	return e.writeLocked(e.hdrOut[:n], p)
 }
 
+// prepare compresses a message if the leg negotiated it and returns its
+// frame header and payload; done gives the compressed copy back.
+func (e *endpoint) prepare(op frame.Opcode, p []byte) (frame.Header, []byte, func()) {
+	h := frame.Header{Fin: true, Op: op, Masked: !e.server}
+	done := func() {}
+	if e.deflate && len(p) >= minCompress {
+		zipped := compress(getMsg(), p)
+		done = func() { putMsg(zipped) }
+		p = zipped
+		h.Rsv = frame.Rsv1
+	}
+	h.Length = int64(len(p))
+	if h.Masked {
+		h.Mask = frame.NewKey(true)
+	}
+	return h, p, done
+}
+
+// maxBatch bounds the frames an endpoint holds back for one write.
+const maxBatch = 64 << 10
+
+// queueMessage is writeMessage for a message relayed from the peer's
+// reader: a small one joins the frames held until that reader has handled
+// all it read (flush), so the messages of one read go out in one write
+// instead of one write each. It reports false when the message cannot be
+// sent; one that is queued and then fails to go out is lost like one
+// written to a peer that dies after the write.
+func (e *endpoint) queueMessage(op frame.Opcode, p []byte) bool {
+	if len(p) > maxBatch/4 {
+		return e.writeMessage(op, p)
+	}
+	h, p, done := e.prepare(op, p)
+	defer done()
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.closeSent || e.writeDead {
+		return false
+	}
+	if e.out == nil {
+		e.out = getMsg()
+	}
+	n := frame.PutHeader(e.hdrOut[:], h)
+	e.out = append(e.out, e.hdrOut[:n]...)
+	start := len(e.out)
+	e.out = append(e.out, p...)
+	if h.Masked {
+		frame.Mask(h.Mask, 0, e.out[start:])
+	}
+	if len(e.out) >= maxBatch {
+		return e.flushLocked()
+	}
+	return true
+}
+
+// flush writes the frames queueMessage held.
+func (e *endpoint) flush() {
+	e.wmu.Lock()
+	e.flushLocked()
+	e.wmu.Unlock()
+}
+
+func (e *endpoint) flushLocked() bool {
+	if e.out == nil {
+		return !e.writeDead
+	}
+	out := e.out
+	e.out = nil
+	ok := e.writeRaw(out)
+	putMsg(out)
+	return ok
+}
+
+// writeLocked writes bufs after any frames held for a flush, which must go
+// first. The caller holds wmu.
 func (e *endpoint) writeLocked(bufs ...[]byte) bool {
+	if !e.flushLocked() {
+		return false
+	}
+	if len(bufs) == 1 {
+		return e.writeRaw(bufs[0])
+	}
+	return e.writeRaw(bufs...)
+}
+
+func (e *endpoint) writeRaw(bufs ...[]byte) bool {
 	if e.writeDead {
 		return false
 	}
 	e.live.ArmWrite()
-	nb := net.Buffers(bufs)
-	if _, err := nb.WriteTo(e.conn); err != nil {
+	var err error
+	if len(bufs) == 1 {
+		_, err = e.conn.Write(bufs[0])
+	} else {
+		nb := net.Buffers(bufs)
+		_, err = nb.WriteTo(e.conn)
+	}
+	if err != nil {
 		e.writeDead = true
 		e.live.StartClosing(0) // wake the reader: the peer is gone or stuck
 		return false

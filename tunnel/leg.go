@@ -232,7 +232,15 @@ func (l *leg) writeLocked(segs net.Buffers) {
 		return
 	}
 	l.live.ArmWrite()
-	if _, err := segs.WriteTo(l.conn); err != nil {
+	var err error
+	if len(segs) == 1 {
+		// Most reads relay as one segment: a plain write, without the
+		// iovec array writev would keep on the socket.
+		_, err = l.conn.Write(segs[0])
+	} else {
+		_, err = segs.WriteTo(l.conn)
+	}
+	if err != nil {
 		l.writeDead, l.writeErr = true, err
 		l.pending, l.pendClose = nil, false
 		// Wake this leg's reader: the peer is gone or not reading.
