@@ -2,7 +2,6 @@ package websocket
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -163,11 +162,30 @@ func requestTarget(r *http.Request) (uri, host string) {
 
 // writeRequest renders an upgrade request.
 func writeRequest(uri, host string, hdr http.Header) []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", uri, host)
-	hdr.Write(&b)
-	b.WriteString("\r\n")
-	return b.Bytes()
+	n := len(uri) + len(host) + 32
+	for k, vs := range hdr {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	b := make([]byte, 0, n)
+	b = append(b, "GET "...)
+	b = append(b, uri...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, host...)
+	b = append(b, "\r\n"...)
+	for k, vs := range hdr {
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n") {
+				continue // cannot come from a parsed request; never split a header
+			}
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	return append(b, "\r\n"...)
 }
 
 // handshake sends the upgrade request on conn and reads the backend's

@@ -85,7 +85,16 @@ func releaseHub() error {
 
 // newID returns a connection id: 64 random bits, so ids from different
 // Caddy instances can share one log without clashing.
-func newID() string { return fmt.Sprintf("%016x", rand.Uint64()) }
+func newID() string {
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	v := rand.Uint64()
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = hex[v&15]
+		v >>= 4
+	}
+	return string(b[:])
+}
 
 // reserve counts a new connection from ip against the limits (0: none)
 // before its handshake starts; release undoes it if the upgrade fails, and
