@@ -161,10 +161,11 @@ type Handler struct {
 // Side is the idle-timeout policy of one leg of a connection.
 type Side struct {
 	// Keepalive sends a Ping to this side after this much silence on its
-	// leg (nothing received from it, or nothing sent to it). Pings go
-	// between frames, masked towards the backend as a client's must be;
-	// the Pongs that answer them are consumed, not forwarded. "off"
-	// disables. "auto" learns the interval: half the shortest silence
+	// leg (nothing received from it, or nothing sent to it), or up to 10%
+	// sooner: each connection draws its own share, so connections opened
+	// together don't ping together. Pings go between frames, masked
+	// towards the backend as a client's must be; the Pongs that answer
+	// them are consumed, not forwarded. "off" disables. "auto" learns the interval: half the shortest silence
 	// after which this upstream (backend side) or this client network (a
 	// /24 or /64; client side) dropped a connection, within KeepaliveMin
 	// and KeepaliveMax, and KeepaliveMax until something is learned.

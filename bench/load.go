@@ -138,6 +138,11 @@ func idle(p *proc, s settings, res result) error {
 	cpu0 := p.cpu()
 	time.Sleep(2 * time.Second)
 	res["idle_cpu_pct"] = float64(p.cpu()-cpu0) / float64(2*time.Second) * 100
+	if p.pings && s.keepaliveWindow > 0 {
+		if err := keepalive(p, conns, s.keepaliveWindow, res); err != nil {
+			return err
+		}
+	}
 	for _, c := range conns {
 		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
 		c.Close()
@@ -145,6 +150,35 @@ func idle(p *proc, s settings, res result) error {
 	time.Sleep(3 * time.Second)
 	rss2 := p.rssKiB()
 	res["idle_rss_after_close_pct_of_start"] = float64(rss2) / float64(rss0) * 100
+	return nil
+}
+
+// keepalive keeps the idle connections open, answering pings, through a
+// whole keepalive cycle of a target that pings (20 s by default, sent
+// 18–20 s after the last traffic), and measures the target's CPU over the
+// window and the pings the clients got.
+func keepalive(p *proc, conns []*websocket.Conn, window time.Duration, res result) error {
+	var pings atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		c.SetPingHandler(func(data string) error {
+			pings.Add(1)
+			return c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+		})
+		c.SetReadDeadline(time.Now().Add(window))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.ReadMessage() // until the deadline: pings are answered meanwhile
+		}()
+	}
+	cpu0 := p.cpu()
+	wg.Wait()
+	res["keepalive_cpu_pct"] = float64(p.cpu()-cpu0) / float64(window) * 100
+	res["keepalive_pings_per_conn"] = float64(pings.Load()) / float64(len(conns))
+	if pings.Load() < int64(len(conns)) {
+		return fmt.Errorf("keepalive: %d pings for %d connections in %v", pings.Load(), len(conns), window)
+	}
 	return nil
 }
 

@@ -39,6 +39,8 @@ var rows = []struct{ key, label string }{
 	{"idle_rss_kib_per_conn_settled", "idle: RSS per connection once settled (KiB)"},
 	{"idle_goroutines_per_conn", "idle: goroutines per connection"},
 	{"idle_cpu_pct", "idle: CPU (% of one core)"},
+	{"keepalive_cpu_pct", "idle with 20 s keepalive: CPU over 22 s (% of one core)"},
+	{"keepalive_pings_per_conn", "idle with 20 s keepalive: pings per connection in 22 s"},
 	{"idle_rss_after_close_pct_of_start", "idle: RSS after closing all (% of start)"},
 	{"handshake_c1_per_s", "handshakes/s, c=1"},
 	{"handshake_c1_cpu_us", "CPU µs per handshake, c=1"},

@@ -18,6 +18,7 @@ type proc struct {
 	cmd   *exec.Cmd
 	addr  string
 	admin string // Caddy's admin address, for go_goroutines
+	pings bool   // the target sends keepalive pings (this module, default 20 s)
 }
 
 func (p *proc) stop() {
@@ -205,7 +206,11 @@ http://%s {
 `, admin, addr, strings.ReplaceAll(handler, "ECHO", echo))
 		path := filepath.Join(work, name+".Caddyfile")
 		os.WriteFile(path, []byte(cf), 0o644)
-		return start(addr, admin, filepath.Join(bin, "caddy"), "run", "--config", path, "--adapter", "caddyfile")
+		p, err := start(addr, admin, filepath.Join(bin, "caddy"), "run", "--config", path, "--adapter", "caddyfile")
+		if p != nil {
+			p.pings = strings.HasPrefix(handler, "websocket")
+		}
+		return p, err
 	}}
 }
 

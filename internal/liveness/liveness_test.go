@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-websocket/caddy-websocket/internal/park"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -120,5 +121,71 @@ func TestPingsSpread(t *testing.T) {
 	}
 	if len(seen) < 40 {
 		t.Fatalf("50 legs ping at only %d distinct times", len(seen))
+	}
+}
+
+// TestLingerAndPark: a leg whose reads come close together lingers in the
+// poller; a quiet one parks, with its next policy event on the timer, and
+// never over an event that is already due.
+func TestLingerAndPark(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	far, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	near, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer near.Close()
+	turns := make(chan struct{}, 4)
+	var pw park.Waiter
+	if !pw.Init(near, func() { turns <- struct{}{} }) {
+		t.Skip("parking is not supported here")
+	}
+	defer pw.Stop()
+	clk := &fakeClock{t: time.Now()}
+	var w Watch
+	w.Init(near, timeout.Policy{Keepalive: time.Hour}, clk.t, clk.now, &pw)
+	w.spread = 0
+
+	if !w.Linger() {
+		t.Fatal("a fresh leg does not linger (its first bytes usually follow the handshake)")
+	}
+	clk.add(10 * time.Millisecond)
+	w.Read()
+	if !w.Linger() || w.Park() {
+		t.Fatal("a leg read 10ms after the last read parks")
+	}
+	clk.add(2 * ParkAfter)
+	w.Read()
+	if w.Linger() {
+		t.Fatal("a leg read after a long gap lingers")
+	}
+	// The keepalive is due: parking now would sleep through it.
+	clk.add(2 * time.Hour)
+	if w.Park() {
+		t.Fatal("parked over a due ping")
+	}
+	w.NextPing()
+	w.Wrote()
+	if !w.Park() {
+		t.Fatal("a quiet leg with nothing due did not park")
+	}
+	far.Write([]byte("x"))
+	select {
+	case <-turns:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a parked leg was not woken by bytes")
+	}
+	// Closing: never park, always wait in the poller (for the grace).
+	w.StartClosing(time.Second)
+	if w.Park() || !w.Linger() {
+		t.Fatal("a closing leg parks")
 	}
 }
