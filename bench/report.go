@@ -86,7 +86,7 @@ func (r *report) render() string {
 			any = true
 			c := format(mean)
 			if !math.IsNaN(ratio) && t != baseline && row.key != "load" {
-				c += fmt.Sprintf(" (%.2f×)", ratio)
+				c += " (" + noNegZero(fmt.Sprintf("%.2f", ratio)) + "×)"
 			}
 			cells = append(cells, c)
 		}
@@ -140,6 +140,15 @@ func format(v float64) string {
 	case a >= 10:
 		return fmt.Sprintf("%.1f", v)
 	default:
-		return fmt.Sprintf("%.2f", v)
+		return noNegZero(fmt.Sprintf("%.2f", v))
 	}
+}
+
+// noNegZero drops the sign of a figure that rounds to zero (a goroutine
+// count a few below the baseline, over thousands of connections).
+func noNegZero(s string) string {
+	if strings.Trim(s, "-0.") == "" {
+		return strings.TrimPrefix(s, "-")
+	}
+	return s
 }
