@@ -31,28 +31,52 @@ func start() {
 		epErr = os.NewSyscallError("epoll_create1", epErr)
 		return
 	}
-	go loop(epFD)
+	// The epoll set is itself pollable: put it in Go's network poller, so
+	// the loop waits there like any connection (no thread blocked in
+	// epoll_wait, and a wake-up is scheduled like any network read).
+	if epErr = syscall.SetNonblock(epFD, true); epErr != nil {
+		epErr = os.NewSyscallError("setnonblock", epErr)
+		return
+	}
+	raw, err := os.NewFile(uintptr(epFD), "park-epoll").SyscallConn()
+	if err != nil {
+		epErr = err
+		return
+	}
+	go loop(raw)
 }
 
-// loop is the one goroutine that waits on the epoll set, for the life of
-// the process. It blocks in epoll_wait in its own thread and only starts
-// turns, so it never waits behind a relay.
-func loop(ep int) {
+// loop is the one goroutine that takes events from the epoll set, for the
+// life of the process: it only starts turns, so it never waits behind a
+// relay.
+func loop(raw syscall.RawConn) {
 	var evs [128]syscall.EpollEvent
 	for {
-		n, err := syscall.EpollWait(ep, evs[:], -1)
-		if err != nil {
-			continue // EINTR
-		}
-		tableMu.RLock()
-		for _, ev := range evs[:n] {
-			if fd := int(ev.Fd); fd < len(table) {
-				if w := table[fd]; w != nil {
-					w.fire()
+		raw.Read(func(fd uintptr) bool {
+			for {
+				n, err := syscall.EpollWait(int(fd), evs[:], 0)
+				if err == syscall.EINTR {
+					continue
+				}
+				if n <= 0 {
+					return false // drained: wait in the poller for more
+				}
+				tableMu.RLock()
+				for _, ev := range evs[:n] {
+					if fd := int(ev.Fd); fd < len(table) {
+						if w := table[fd]; w != nil {
+							w.fire()
+						}
+					}
+				}
+				tableMu.RUnlock()
+				if n < len(evs) {
+					// Drained. Events that come after epoll_wait make the
+					// set readable again, which wakes the poller (edge).
+					return false
 				}
 			}
-		}
-		tableMu.RUnlock()
+		})
 	}
 }
 
