@@ -41,7 +41,7 @@ func TestQuietConnectionsPark(t *testing.T) {
 				conns[i] = dialWS(t, "ws://"+addr+"/"+mode)
 				roundTrip(i, fmt.Sprint("hello ", i))
 			}
-			// Legs park once quiet for ParkAfter (1s).
+			// Legs park once quiet for ParkAfter (100ms).
 			var g int
 			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 				if g = wstest.RelayGoroutines(); g == 0 {

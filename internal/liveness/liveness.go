@@ -25,7 +25,7 @@ import (
 // thus never pays for parking, and one that is quiet costs a goroutine
 // start per wake-up instead of a goroutine's stack for as long as it is
 // quiet.
-const ParkAfter = time.Second
+const ParkAfter = 100 * time.Millisecond
 
 // spreadMax is the largest share of Keepalive by which a leg's pings go out
 // early (timeout.Leg.Early).
