@@ -447,6 +447,23 @@ func (e *endpoint) writeControl(op frame.Opcode, p []byte) {
 // left as it was and can be sent again after a reconnect. It reports false
 // when the message could not be written.
 func (e *endpoint) writeMessage(op frame.Opcode, p []byte) bool {
+	return e.send(op, p, false)
+}
+
+// maxBatch bounds the frames an endpoint holds back for one write.
+const maxBatch = 64 << 10
+
+// queueMessage is writeMessage for a message relayed from the peer's
+// reader: a small one joins the frames held until that reader has handled
+// all it read (flush), so the messages of one read go out in one write
+// instead of one write each. It reports false when the message cannot be
+// sent; one that is queued and then fails to go out is lost like one
+// written to a peer that dies after the write.
+func (e *endpoint) queueMessage(op frame.Opcode, p []byte) bool {
+	return e.send(op, p, len(p) <= maxBatch/4)
+}
+
+func (e *endpoint) send(op frame.Opcode, p []byte, queue bool) bool {
 	h, p, done := e.prepare(op, p)
 	defer done()
 	e.wmu.Lock()
@@ -454,14 +471,29 @@ func (e *endpoint) writeMessage(op frame.Opcode, p []byte) bool {
 	if e.closeSent || e.writeDead {
 		return false
 	}
-	if h.Masked {
-		masked := append(getMsg(), p...)
-		defer putMsg(masked)
-		frame.Mask(h.Mask, 0, masked)
-		p = masked
-	}
 	n := frame.PutHeader(e.hdrOut[:], h)
-	return e.writeLocked(e.hdrOut[:n], p)
+	if !queue {
+		if h.Masked {
+			masked := append(getMsg(), p...)
+			defer putMsg(masked)
+			frame.Mask(h.Mask, 0, masked)
+			p = masked
+		}
+		return e.writeLocked(e.hdrOut[:n], p)
+	}
+	if e.out == nil {
+		e.out = getMsg()
+	}
+	e.out = append(e.out, e.hdrOut[:n]...)
+	start := len(e.out)
+	e.out = append(e.out, p...)
+	if h.Masked {
+		frame.Mask(h.Mask, 0, e.out[start:])
+	}
+	if len(e.out) >= maxBatch {
+		return e.flushLocked()
+	}
+	return true
 }
 
 // prepare compresses a message if the leg negotiated it and returns its
@@ -480,42 +512,6 @@ func (e *endpoint) prepare(op frame.Opcode, p []byte) (frame.Header, []byte, fun
 		h.Mask = frame.NewKey(true)
 	}
 	return h, p, done
-}
-
-// maxBatch bounds the frames an endpoint holds back for one write.
-const maxBatch = 64 << 10
-
-// queueMessage is writeMessage for a message relayed from the peer's
-// reader: a small one joins the frames held until that reader has handled
-// all it read (flush), so the messages of one read go out in one write
-// instead of one write each. It reports false when the message cannot be
-// sent; one that is queued and then fails to go out is lost like one
-// written to a peer that dies after the write.
-func (e *endpoint) queueMessage(op frame.Opcode, p []byte) bool {
-	if len(p) > maxBatch/4 {
-		return e.writeMessage(op, p)
-	}
-	h, p, done := e.prepare(op, p)
-	defer done()
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
-	if e.closeSent || e.writeDead {
-		return false
-	}
-	if e.out == nil {
-		e.out = getMsg()
-	}
-	n := frame.PutHeader(e.hdrOut[:], h)
-	e.out = append(e.out, e.hdrOut[:n]...)
-	start := len(e.out)
-	e.out = append(e.out, p...)
-	if h.Masked {
-		frame.Mask(h.Mask, 0, e.out[start:])
-	}
-	if len(e.out) >= maxBatch {
-		return e.flushLocked()
-	}
-	return true
 }
 
 // flush writes the frames queueMessage held.

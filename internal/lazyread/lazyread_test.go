@@ -5,29 +5,12 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
 )
 
-func pair(t *testing.T) (near, far net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	far, err = net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	near, err = l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { near.Close(); far.Close() })
-	return near, far
-}
-
 func TestWouldBlock(t *testing.T) {
-	near, far := pair(t)
+	near, far := tcptest.Pair(t)
 	var r Reader
 	r.Init(near)
 	if _, err := r.Read(false); err != ErrWouldBlock {
@@ -55,7 +38,7 @@ func TestWouldBlock(t *testing.T) {
 // read; a waiting Read must not sleep through it in the edge-triggered
 // poller.
 func TestBytesThenFIN(t *testing.T) {
-	near, far := pair(t)
+	near, far := tcptest.Pair(t)
 	var r Reader
 	r.Init(near)
 	far.Write([]byte("last words"))
@@ -75,7 +58,7 @@ func TestBytesThenFIN(t *testing.T) {
 }
 
 func TestLargeRead(t *testing.T) {
-	near, far := pair(t)
+	near, far := tcptest.Pair(t)
 	var r Reader
 	r.Init(near)
 	msg := make([]byte, 3*BufSize)

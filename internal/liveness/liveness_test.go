@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/park"
+	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
 	"github.com/caddy-websocket/caddy-websocket/timeout"
 )
 
@@ -128,21 +129,7 @@ func TestPingsSpread(t *testing.T) {
 // poller; a quiet one parks, with its next policy event on the timer, and
 // never over an event that is already due.
 func TestLingerAndPark(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	far, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer far.Close()
-	near, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer near.Close()
+	near, far := tcptest.Pair(t)
 	turns := make(chan struct{}, 4)
 	var pw park.Waiter
 	if !pw.Init(near, func() { turns <- struct{}{} }) {

@@ -5,32 +5,14 @@ import (
 	"runtime"
 	"testing"
 	"time"
-)
 
-// pair returns both ends of a real loopback TCP connection.
-func pair(t *testing.T) (near, far net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	far, err = net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	near, err = l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { near.Close(); far.Close() })
-	return near, far
-}
+	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
+)
 
 // newWaiter returns a waiter on a fresh connection whose turns are reported
 // on the channel.
 func newWaiter(t *testing.T) (*Waiter, net.Conn, chan struct{}) {
-	near, far := pair(t)
+	near, far := tcptest.Pair(t)
 	turns := make(chan struct{}, 16)
 	w := new(Waiter)
 	if !w.Init(near, func() { turns <- struct{}{} }) {
@@ -147,7 +129,7 @@ func TestParkedHoldsNoGoroutine(t *testing.T) {
 	fars := make([]net.Conn, n)
 	turns := make(chan struct{}, n)
 	for i := range ws {
-		near, far := pair(t)
+		near, far := tcptest.Pair(t)
 		ws[i], fars[i] = new(Waiter), far
 		if !ws[i].Init(near, func() { turns <- struct{}{} }) {
 			t.Skip("parking is not supported here")
