@@ -538,9 +538,6 @@ func (e *endpoint) writeLocked(bufs ...[]byte) bool {
 	if !e.flushLocked() {
 		return false
 	}
-	if len(bufs) == 1 {
-		return e.writeRaw(bufs[0])
-	}
 	return e.writeRaw(bufs...)
 }
 
@@ -548,20 +545,10 @@ func (e *endpoint) writeRaw(bufs ...[]byte) bool {
 	if e.writeDead {
 		return false
 	}
-	e.live.ArmWrite()
-	var err error
-	if len(bufs) == 1 {
-		_, err = e.conn.Write(bufs[0])
-	} else {
-		nb := net.Buffers(bufs)
-		_, err = nb.WriteTo(e.conn)
-	}
-	if err != nil {
+	if e.live.Write(bufs) != nil {
 		e.writeDead = true
-		e.live.StartClosing(0) // wake the reader: the peer is gone or stuck
 		return false
 	}
-	e.live.Wrote()
 	return true
 }
 

@@ -231,23 +231,10 @@ func (l *leg) writeLocked(segs net.Buffers) {
 	if len(segs) == 0 || l.writeDead {
 		return
 	}
-	l.live.ArmWrite()
-	var err error
-	if len(segs) == 1 {
-		// Most reads relay as one segment: a plain write, without the
-		// iovec array writev would keep on the socket.
-		_, err = l.conn.Write(segs[0])
-	} else {
-		_, err = segs.WriteTo(l.conn)
-	}
-	if err != nil {
+	if err := l.live.Write(segs); err != nil {
 		l.writeDead, l.writeErr = true, err
 		l.pending, l.pendClose = nil, false
-		// Wake this leg's reader: the peer is gone or not reading.
-		l.live.StartClosing(0)
-		return
 	}
-	l.live.Wrote()
 }
 
 func (l *leg) startClosing(grace time.Duration) { l.live.StartClosing(grace) }

@@ -85,6 +85,10 @@ func (w *Watch) SetPolicy(p timeout.Policy) {
 	w.wake()
 }
 
+// canPark reports whether the reader may park: it has a waiter, and the
+// epoll set has not refused the socket.
+func (w *Watch) canPark() bool { return w.waiter != nil && w.waiter.Enabled() }
+
 // wake starts a parked reader (a running one is woken by its deadline).
 func (w *Watch) wake() {
 	if w.waiter != nil {
@@ -124,7 +128,7 @@ func (w *Watch) Read() time.Duration {
 // busy (its last two reads came less than ParkAfter apart). Otherwise the
 // reader reads without waiting and parks when nothing is ready.
 func (w *Watch) Linger() bool {
-	return w.waiter == nil || w.readGap < int64(ParkAfter) || w.Closing() || !w.waiter.Enabled()
+	return !w.canPark() || w.readGap < int64(ParkAfter) || w.Closing()
 }
 
 // Wrote records bytes written to the peer.
@@ -206,7 +210,7 @@ func (w *Watch) StartClosing(grace time.Duration) {
 func (w *Watch) Arm() bool {
 	// A lingering reader must look again after ParkAfter (to park if
 	// nothing came); a deadline set while it did not linger may be far off.
-	linger := w.waiter != nil && w.Linger()
+	linger := w.canPark() && w.Linger()
 	for {
 		var d time.Time
 		ca := w.closingAt.Load()
@@ -271,7 +275,7 @@ func (w *Watch) Fired() (act timeout.Action, over bool) {
 // in a new goroutine. The reader calls it when a read without waiting found
 // nothing, or when Fired asked for nothing.
 func (w *Watch) Park() bool {
-	if w.waiter == nil || w.Closing() || !w.waiter.Enabled() {
+	if !w.canPark() || w.Closing() {
 		return false
 	}
 	if w.readGap < int64(ParkAfter) && w.Now()-w.lastRead.Load() < int64(ParkAfter) {
@@ -307,6 +311,29 @@ func (w *Watch) ArmWrite() {
 		w.wdeadline = now + int64(wt)
 		w.conn.SetWriteDeadline(w.at(w.wdeadline))
 	}
+}
+
+// Write writes segs to the peer under the write timeout and records the
+// write. A failed write starts closing the leg at once, which wakes its
+// reader: the peer is gone or not reading. The caller holds the leg's
+// write lock.
+func (w *Watch) Write(segs [][]byte) error {
+	w.ArmWrite()
+	var err error
+	if len(segs) == 1 {
+		// Most writes are one segment: a plain write, without the iovec
+		// array writev would keep on the socket.
+		_, err = w.conn.Write(segs[0])
+	} else {
+		nb := net.Buffers(segs)
+		_, err = nb.WriteTo(w.conn)
+	}
+	if err != nil {
+		w.StartClosing(0)
+		return err
+	}
+	w.Wrote()
+	return nil
 }
 
 // Times is a snapshot of a leg's activity for the admin view.
