@@ -14,8 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 func init() {

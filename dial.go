@@ -15,7 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/upgrade"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // upstream is a backend address, ready to dial.

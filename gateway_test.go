@@ -18,7 +18,7 @@ import (
 
 	_ "github.com/caddy-websocket/caddy-websocket"
 	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
 

@@ -12,10 +12,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
-	"github.com/caddy-websocket/caddy-websocket/upgrade"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // hubs holds the one connection hub of the process. It lives in a

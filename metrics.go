@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
 )
 
 // Metrics go to Caddy's metrics registry, so they appear on its /metrics

@@ -23,9 +23,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	wscaddyfile "github.com/caddy-websocket/caddy-websocket/caddyfile"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
-	"github.com/caddy-websocket/caddy-websocket/upgrade"
+	wscaddyfile "github.com/caddy-websocket/caddy-websocket/internal/caddyfile"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 func init() {

@@ -10,7 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/upgrade"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // IDHeader carries the connection's id to the backend, so that its logs

@@ -8,10 +8,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
-	"github.com/caddy-websocket/caddy-websocket/terminate"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/terminate"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
 )
 
 // startTunnel hands an upgraded pair to a tunnel owned by the hub.

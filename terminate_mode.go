@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/terminate"
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
-	"github.com/caddy-websocket/caddy-websocket/upgrade"
+	"github.com/caddy-websocket/caddy-websocket/internal/terminate"
+	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // terminate completes the client's handshake itself and opens the

@@ -17,7 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
 

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/park"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 // ParkAfter tells busy legs from quiet ones. A leg whose reads come less

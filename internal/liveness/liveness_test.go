@@ -7,7 +7,7 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/internal/park"
 	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 // fakeClock is the injected clock: tests move it by hand.

@@ -26,8 +26,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
-	"github.com/caddy-websocket/caddy-websocket/upgrade"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // FreePort returns a loopback TCP port that was free a moment ago.

@@ -6,7 +6,7 @@ import (
 	"net"
 	"testing"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 )
 
 // FuzzRelay feeds arbitrary client bytes, cut at two arbitrary points, to

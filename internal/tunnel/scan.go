@@ -4,7 +4,7 @@ import (
 	"net"
 	"sync"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 )
 
 // scanner follows the frame structure of one direction of the stream as it

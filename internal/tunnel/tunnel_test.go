@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 func enc(masked, fin bool, op frame.Opcode, payload []byte) []byte {

@@ -8,11 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
 	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
 	"github.com/caddy-websocket/caddy-websocket/internal/park"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 // leg is one side of a tunnel: its socket, the reader state of the frames

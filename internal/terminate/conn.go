@@ -18,9 +18,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
-	"github.com/caddy-websocket/caddy-websocket/timeout"
-	"github.com/caddy-websocket/caddy-websocket/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
 )
 
 // Config is how a terminated connection behaves.

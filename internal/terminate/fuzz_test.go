@@ -7,7 +7,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/caddy-websocket/caddy-websocket/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 )
 
 func clientFrame(fin bool, rsv byte, op frame.Opcode, p []byte) []byte {
