@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
@@ -84,8 +85,8 @@ func serveStatus(w http.ResponseWriter, r *http.Request, rest string) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such websocket admin route: %s %s", r.Method, r.URL.Path)}
 }
 
-func findLive(id string) *live {
-	var c *live
+func findLive(id string) *connection {
+	var c *connection
 	eachHub(func(h *hub) {
 		if c == nil {
 			c = h.get(id)
@@ -106,10 +107,10 @@ func (a AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 		limit = n
 	}
 	after := r.URL.Query().Get("after")
-	var all []*live
+	var all []*connection
 	eachHub(func(h *hub) { all = append(all, h.snapshot()...) })
-	slices.SortFunc(all, func(a, b *live) int { return strings.Compare(a.id, b.id) })
-	start, _ := slices.BinarySearchFunc(all, after, func(c *live, id string) int {
+	slices.SortFunc(all, func(a, b *connection) int { return strings.Compare(a.id, b.id) })
+	start, _ := slices.BinarySearchFunc(all, after, func(c *connection, id string) int {
 		if c.id <= id {
 			return -1
 		}
@@ -137,14 +138,14 @@ func (a AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 }
 
 // close ends a connection cleanly with the given code and reason.
-func (a AdminAPI) close(w http.ResponseWriter, r *http.Request, c *live) error {
+func (a AdminAPI) close(w http.ResponseWriter, r *http.Request, c *connection) error {
 	code := frame.ClosePolicyViolation
 	if v := r.URL.Query().Get("code"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || !frame.ValidCloseCode(n) {
+		if err != nil || !frame.ValidCloseCode(frame.StatusCode(n)) {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("code %q: want a Close code that may be sent (1000-1003, 1007-1014, 3000-4999)", v)}
 		}
-		code = n
+		code = frame.StatusCode(n)
 	}
 	reason := r.URL.Query().Get("reason")
 	if reason == "" {
@@ -155,14 +156,23 @@ func (a AdminAPI) close(w http.ResponseWriter, r *http.Request, c *live) error {
 	}
 	c.relay.Close(code, reason)
 	c.owner.logger.Info("websocket close requested through the admin API",
-		zap.String("id", c.id), zap.Int("code", code), zap.String("reason", reason))
+		zap.String("id", c.id), zap.Int("code", int(code)), zap.String("reason", reason))
 	return writeJSON(w, map[string]any{"id": c.id, "code": code, "reason": reason})
+}
+
+// leg returns the view of one side.
+func (v *connView) leg(s relay.Side) *legView {
+	if s == relay.Client {
+		return &v.ClientLeg
+	}
+	return &v.BackendLeg
 }
 
 // connView is a connection as the admin API shows it.
 type connView struct {
 	ID          string  `json:"id"`
 	Mode        string  `json:"mode"`
+	Proto       string  `json:"proto"`
 	Route       string  `json:"route"`
 	Client      string  `json:"client"`
 	Upstream    string  `json:"upstream"`
@@ -190,20 +200,20 @@ type legView struct {
 	Keepalive        float64  `json:"keepalive_seconds"`
 }
 
-func (c *live) view(now time.Time) connView {
+func (c *connection) view(now time.Time) connView {
 	st := c.relay.Stats()
 	v := connView{
-		ID: c.id, Mode: c.mode, Route: c.path, Client: c.remote, Upstream: c.upstream,
+		ID: c.id, Mode: c.mode, Proto: c.proto, Route: c.path, Client: c.remote, Upstream: c.upstream,
 		Started: c.start.UTC().Format(time.RFC3339), AgeSeconds: now.Sub(c.start).Seconds(),
 		Subprotocol: c.subprotocol, Compression: c.compression, Reconnects: st.Reconnects,
 	}
-	pol := [2]timeout.Policy{}
-	pol[0], pol[1] = c.policies()
-	for i, lv := range []*legView{&v.ClientLeg, &v.BackendLeg} {
-		l := st.Legs[i]
+	var pol relay.PerSide[timeout.Policy]
+	pol.Client, pol.Backend = c.policies()
+	for _, side := range []relay.Side{relay.Client, relay.Backend} {
+		l, lv := st.Legs.Of(side), v.leg(side)
 		*lv = legView{
 			Bytes: l.Bytes, Messages: l.Messages, Pings: l.Pings, Pongs: l.Pongs,
-			RTTMillis: float64(l.RTT) / float64(time.Millisecond), Keepalive: pol[i].Keepalive.Seconds(),
+			RTTMillis: float64(l.RTT) / float64(time.Millisecond), Keepalive: pol.Of(side).Keepalive.Seconds(),
 			LastReadSeconds: now.Sub(l.LastRead).Seconds(), LastWriteSeconds: now.Sub(l.LastWrite).Seconds(),
 		}
 		if !l.Next.IsZero() {

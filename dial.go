@@ -59,7 +59,7 @@ func parseUpstream(s string) (upstream, error) {
 
 // dial connects to the first backend that answers, starting where the
 // load-balancing policy says.
-func (h *Handler) dial(ctx context.Context) (net.Conn, upstream, *upgrade.Error) {
+func (h *Handler) dial(ctx context.Context) (net.Conn, upstream, *refusal) {
 	start := 0
 	if h.LBPolicy == "round_robin" {
 		start = int(h.rr.Add(1)-1) % len(h.upstream)
@@ -78,12 +78,45 @@ func (h *Handler) dial(ctx context.Context) (net.Conn, upstream, *upgrade.Error)
 		h.logger.Warn("websocket backend dial failed", zapUpstream(u), zap.Error(err))
 		errs = append(errs, u.raw+": "+dialReason(err))
 	}
-	return nil, upstream{}, &upgrade.Error{
-		Status: http.StatusBadGateway, Code: "backend_unreachable",
-		Reason: "no backend reachable (" + strings.Join(errs, "; ") + ")",
-	}
+	return nil, upstream{}, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
+		reason: "no backend reachable (" + strings.Join(errs, "; ") + ")"}
 }
 
+// connect dials a backend and sends it the upgrade request of hs; see
+// connectRaw.
+func (h *Handler) connect(ctx context.Context, hs *handshake) *refusal {
+	return h.connectRaw(ctx, hs, writeRequest(hs.uri, hs.host, hs.hdr))
+}
+
+// connectRaw dials a backend, sends it req and reads its answer into hs.
+// A 101 is checked against hs.key; any other answer is left in hs.res for
+// the caller to pass on, with hs.backend open.
+func (h *Handler) connectRaw(ctx context.Context, hs *handshake, req []byte) *refusal {
+	backend, up, rf := h.dial(ctx)
+	hs.up = up
+	if rf != nil {
+		return rf
+	}
+	hsTimeout := time.Duration(h.HandshakeTimeout)
+	if hsTimeout <= 0 {
+		hsTimeout = DefaultHandshakeTimeout
+	}
+	res, br, rf := backendHandshake(backend, req, hsTimeout)
+	if rf != nil {
+		backend.Close()
+		return rf
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		if rf := refused(upgrade.CheckResponse(res, hs.key)); rf != nil {
+			backend.Close()
+			return rf
+		}
+	}
+	hs.backend, hs.res, hs.br = backend, res, br
+	return nil
+}
+
+// dialReason is the short cause of a dial error, for the client's reason.
 func dialReason(err error) string {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -188,25 +221,25 @@ func writeRequest(uri, host string, hdr http.Header) []byte {
 	return append(b, "\r\n"...)
 }
 
-// handshake sends the upgrade request on conn and reads the backend's
+// backendHandshake sends the upgrade request on conn and reads the backend's
 // answer. The returned reader may hold bytes the backend sent after its
 // response headers.
-func handshake(conn net.Conn, req []byte, timeout time.Duration) (*http.Response, *bufio.Reader, *upgrade.Error) {
+func backendHandshake(conn net.Conn, req []byte, timeout time.Duration) (*http.Response, *bufio.Reader, *refusal) {
 	conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(req); err != nil {
-		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway, Code: "backend_invalid",
-			Reason: "backend closed the connection before the upgrade request was sent: " + err.Error()}
+		return nil, nil, &refusal{status: http.StatusBadGateway, code: "backend_invalid",
+			reason: "backend closed the connection before the upgrade request was sent: " + err.Error()}
 	}
 	br := bufio.NewReaderSize(conn, 4096)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, nil, &upgrade.Error{Status: http.StatusGatewayTimeout, Code: "backend_timeout",
-				Reason: fmt.Sprintf("backend did not answer the upgrade within %v", timeout)}
+			return nil, nil, &refusal{status: http.StatusGatewayTimeout, code: "backend_timeout",
+				reason: fmt.Sprintf("backend did not answer the upgrade within %v", timeout)}
 		}
-		return nil, nil, &upgrade.Error{Status: http.StatusBadGateway, Code: "backend_invalid",
-			Reason: "backend sent no valid HTTP response to the upgrade: " + err.Error()}
+		return nil, nil, &refusal{status: http.StatusBadGateway, code: "backend_invalid",
+			reason: "backend sent no valid HTTP response to the upgrade: " + err.Error()}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		conn.SetDeadline(time.Time{})

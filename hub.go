@@ -14,8 +14,6 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
-	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
-	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // hubs holds the one connection hub of the process. It lives in a
@@ -31,7 +29,7 @@ const hubKey = "websocket.hub"
 // config reloads.
 type hub struct {
 	mu       sync.Mutex
-	conns    map[string]*live
+	conns    map[string]*connection
 	handlers []*Handler // provisioned and not yet cleaned up, newest last
 	learners map[string]*timeout.Learner
 	networks timeout.Networks
@@ -39,34 +37,10 @@ type hub struct {
 	perIP    map[netip.Addr]int // the same, per client address
 }
 
-// relay is a running connection of either mode.
-type relay interface {
-	Close(code int, reason string)
-	SetPolicy(client, backend timeout.Policy)
-	Stats() tunnel.Stats
-}
-
-// live is a connection the hub owns.
-type live struct {
-	id          string
-	mode        string
-	subprotocol string
-	compression string
-	relay       relay
-	owner       *Handler // the config whose policies it runs under
-	upstream    string
-	path        string
-	remote      string
-	clientIP    netip.Addr
-	reservedIP  netip.Addr // the address counted against the connection limits
-	start       time.Time
-	lifetime    *time.Timer
-}
-
 func loadHub() (*hub, error) {
 	v, _, err := hubs.LoadOrNew(hubKey, func() (caddy.Destructor, error) {
 		return &hub{
-			conns:    make(map[string]*live),
+			conns:    make(map[string]*connection),
 			learners: make(map[string]*timeout.Learner),
 			perIP:    make(map[netip.Addr]int),
 			networks: timeout.Networks{Limit: 4096},
@@ -99,20 +73,20 @@ func newID() string {
 // reserve counts a new connection from ip against the limits (0: none)
 // before its handshake starts; release undoes it if the upgrade fails, and
 // remove when the connection ends.
-func (h *hub) reserve(ip netip.Addr, maxTotal, maxPerIP int) *upgrade.Error {
+func (h *hub) reserve(ip netip.Addr, maxTotal, maxPerIP int) (release func(), _ *refusal) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if maxTotal > 0 && h.total >= maxTotal {
-		return &upgrade.Error{Status: http.StatusServiceUnavailable, Code: "max_connections",
-			Reason: fmt.Sprintf("too many WebSocket connections (limit %d); try again later", maxTotal)}
+		return nil, &refusal{status: http.StatusServiceUnavailable, code: "max_connections",
+			reason: fmt.Sprintf("too many WebSocket connections (limit %d); try again later", maxTotal)}
 	}
 	if maxPerIP > 0 && h.perIP[ip] >= maxPerIP {
-		return &upgrade.Error{Status: http.StatusServiceUnavailable, Code: "max_connections_per_ip",
-			Reason: fmt.Sprintf("too many WebSocket connections from %s (limit %d); try again later", ip, maxPerIP)}
+		return nil, &refusal{status: http.StatusServiceUnavailable, code: "max_connections_per_ip",
+			reason: fmt.Sprintf("too many WebSocket connections from %s (limit %d); try again later", ip, maxPerIP)}
 	}
 	h.total++
 	h.perIP[ip]++
-	return nil
+	return func() { h.release(ip) }, nil
 }
 
 func (h *hub) release(ip netip.Addr) {
@@ -125,14 +99,14 @@ func (h *hub) release(ip netip.Addr) {
 }
 
 // add registers a connection under its id.
-func (h *hub) add(c *live) {
+func (h *hub) add(c *connection) {
 	h.mu.Lock()
 	h.conns[c.id] = c
 	h.mu.Unlock()
 }
 
 // get returns a live connection by id.
-func (h *hub) get(id string) *live {
+func (h *hub) get(id string) *connection {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.conns[id]
@@ -140,9 +114,9 @@ func (h *hub) get(id string) *live {
 
 // snapshot returns the live connections. Only the pointers are copied
 // under the lock; callers read each connection's state without it.
-func (h *hub) snapshot() []*live {
+func (h *hub) snapshot() []*connection {
 	h.mu.Lock()
-	out := make([]*live, 0, len(h.conns))
+	out := make([]*connection, 0, len(h.conns))
 	for _, c := range h.conns {
 		out = append(out, c)
 	}
@@ -209,7 +183,7 @@ func (h *hub) learner(upstream string) *timeout.Learner {
 }
 
 // ownerOf returns the handler whose config a connection runs under.
-func (h *hub) ownerOf(c *live) *Handler {
+func (h *hub) ownerOf(c *connection) *Handler {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return c.owner
@@ -230,7 +204,7 @@ func (h *hub) register(hd *Handler) {
 func (h *hub) retire(hd *Handler) {
 	h.mu.Lock()
 	h.handlers = slices.DeleteFunc(h.handlers, func(x *Handler) bool { return x == hd })
-	var moved, orphaned []*live
+	var moved, orphaned []*connection
 	for _, c := range h.conns {
 		if c.owner != hd {
 			continue
@@ -262,7 +236,7 @@ func (h *hub) retire(hd *Handler) {
 	}
 }
 
-func (h *hub) successorLocked(c *live) *Handler {
+func (h *hub) successorLocked(c *connection) *Handler {
 	for i := len(h.handlers) - 1; i >= 0; i-- {
 		s := h.handlers[i]
 		if (s.Mode == "terminate") == (c.mode == "terminate") && slices.Contains(s.To, c.upstream) {
@@ -274,9 +248,9 @@ func (h *hub) successorLocked(c *live) *Handler {
 
 // refreshPolicies re-applies the owners' policies (with what was learned)
 // to the connections match selects.
-func (h *hub) refreshPolicies(match func(*live) bool) {
+func (h *hub) refreshPolicies(match func(*connection) bool) {
 	h.mu.Lock()
-	var sel []*live
+	var sel []*connection
 	for _, c := range h.conns {
 		if match(c) {
 			sel = append(sel, c)
@@ -289,9 +263,9 @@ func (h *hub) refreshPolicies(match func(*live) bool) {
 }
 
 // policies are the connection's policies under its owner.
-func (c *live) policies() (client, backend timeout.Policy) {
+func (c *connection) policies() (client, backend timeout.Policy) {
 	p := c.owner.hub.ownerOf(c).policyFor(upstream{raw: c.upstream}, c.remote)
-	return p[0], p[1]
+	return p.Client, p.Backend
 }
 
 // jitter returns d scaled by a random factor in [1+lo, 1+hi].
@@ -302,7 +276,7 @@ func jitter(d time.Duration, lo, hi float64) time.Duration {
 // Destruct closes every live connection with 1001: Caddy is stopping.
 func (h *hub) Destruct() error {
 	h.mu.Lock()
-	all := make([]*live, 0, len(h.conns))
+	all := make([]*connection, 0, len(h.conns))
 	for _, c := range h.conns {
 		all = append(all, c)
 	}

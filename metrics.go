@@ -9,7 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 )
 
 // Metrics go to Caddy's metrics registry, so they appear on its /metrics
@@ -65,7 +66,7 @@ func countUpgrade(result string) {
 	}
 }
 
-func countClose(closer string, code int) {
+func countClose(closer string, code frame.StatusCode) {
 	if wsMetrics.closes != nil {
 		wsMetrics.closes.WithLabelValues(closer, codeLabel(code)).Inc()
 	}
@@ -77,7 +78,7 @@ func countReconnect() {
 	}
 }
 
-func observeRTT(side tunnel.Side, rtt time.Duration) {
+func observeRTT(side relay.Side, rtt time.Duration) {
 	if wsMetrics.rtt != nil {
 		wsMetrics.rtt.WithLabelValues(side.String()).Observe(rtt.Seconds())
 	}
@@ -85,14 +86,14 @@ func observeRTT(side tunnel.Side, rtt time.Duration) {
 
 // codeLabel keeps the code label bounded: the 3000–4999 ranges are the
 // applications', with two thousand values each.
-func codeLabel(code int) string {
+func codeLabel(code frame.StatusCode) string {
 	switch {
 	case code >= 3000 && code < 4000:
 		return "3xxx"
 	case code >= 4000 && code < 5000:
 		return "4xxx"
 	case code >= 1000 && code < 1016:
-		return strconv.Itoa(code)
+		return strconv.Itoa(int(code))
 	}
 	return "other"
 }
@@ -104,11 +105,11 @@ var closedTotals struct {
 	bytes, messages, pings [2]atomic.Int64
 }
 
-func addClosed(s tunnel.Summary) {
-	for i := range 2 {
-		closedTotals.bytes[i].Add(s.Bytes[i])
-		closedTotals.messages[i].Add(s.Messages[i])
-		closedTotals.pings[i].Add(s.Pings[i])
+func addClosed(s relay.Summary) {
+	for i, l := range []relay.Counts{s.Legs.Client, s.Legs.Backend} {
+		closedTotals.bytes[i].Add(l.Bytes)
+		closedTotals.messages[i].Add(l.Messages)
+		closedTotals.pings[i].Add(l.Pings)
 	}
 }
 
@@ -148,10 +149,10 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, c := range h.snapshot() {
 			open[key{c.mode, c.upstream}]++
 			st := c.relay.Stats()
-			for i := range 2 {
-				bytes[i] += st.Legs[i].Bytes
-				messages[i] += st.Legs[i].Messages
-				pings[i] += st.Legs[i].Pings
+			for i, l := range []relay.LegStats{st.Legs.Client, st.Legs.Backend} {
+				bytes[i] += l.Bytes
+				messages[i] += l.Messages
+				pings[i] += l.Pings
 			}
 		}
 		for up, l := range h.learnedTimeouts() {

@@ -12,8 +12,6 @@ package websocket
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	wscaddyfile "github.com/caddy-websocket/caddy-websocket/internal/caddyfile"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
@@ -151,7 +150,7 @@ type Handler struct {
 
 	origins  upgrade.Origins
 	upstream []upstream
-	policy   [2]timeout.Policy
+	policy   relay.PerSide[timeout.Policy]
 	rr       *atomic.Uint64 // round-robin cursor
 	hub      *hub
 	holdsHub bool // Provision took a hold on the hub that Cleanup must release
@@ -284,8 +283,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.upstream = append(h.upstream, u)
 	}
 	h.rr = new(atomic.Uint64)
-	h.policy[0] = h.Client.policy()
-	h.policy[1] = h.Backend.policy()
+	h.policy.Client = h.Client.policy()
+	h.policy.Backend = h.Backend.policy()
 	if h.hub, err = loadHub(); err != nil {
 		return err
 	}
@@ -372,75 +371,6 @@ func (h *Handler) Cleanup() error {
 	h.holdsHub = false
 	h.hub.retire(h)
 	return releaseHub()
-}
-
-// ServeHTTP intercepts WebSocket upgrade requests and passes everything else
-// to next.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !upgrade.IsWebSocket(r) {
-		if h.Client != nil && h.Client.Announce {
-			h.announce(w.Header(), h.policyFor(upstream{}, r.RemoteAddr)[0])
-		}
-		return next.ServeHTTP(w, r)
-	}
-	if upgrade.IsExtendedConnect(r) {
-		// WebSocket over HTTP/2 or HTTP/3 is a stream, not a socket the
-		// tunnel could take; reverse_proxy, if next, can carry it.
-		h.logger.Debug("websocket over HTTP/2+ passed to the next handler",
-			zap.String("proto", r.Proto), zap.String("path", r.URL.Path))
-		return next.ServeHTTP(w, r)
-	}
-	if err := upgrade.ValidateRequest(r); err != nil {
-		h.refuse(w, r, err)
-		return nil
-	}
-	if err := h.origins.Check(r); err != nil {
-		h.refuse(w, r, err)
-		return nil
-	}
-	ip := requestIP(r)
-	if err := h.hub.reserve(ip, h.MaxConnections, h.MaxConnectionsPerIP); err != nil {
-		w.Header().Set("Retry-After", "5")
-		h.refuse(w, r, err)
-		return nil
-	}
-	if !h.proxy(w, r) {
-		h.hub.release(ip)
-	}
-	return nil
-}
-
-// requestIP is the client address Caddy determined (trusted_proxies
-// honoured), or the peer address.
-func requestIP(r *http.Request) netip.Addr {
-	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-		if ip, err := netip.ParseAddr(s); err == nil {
-			return ip.Unmap()
-		}
-	}
-	ip, _ := clientIP(r.RemoteAddr)
-	return ip.Unmap()
-}
-
-// refuse answers a refused upgrade with its status and one-line reason, and
-// logs why.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, e *upgrade.Error) {
-	countUpgrade(e.Code)
-	h.logger.Info("websocket upgrade refused",
-		zap.Int("status", e.Status),
-		zap.String("reason", e.Reason),
-		zap.String("remote", r.RemoteAddr),
-		zap.String("path", r.URL.Path),
-		zap.String("header", e.Header),
-		zap.String("value", e.Value))
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/plain; charset=utf-8")
-	hdr.Set("X-Content-Type-Options", "nosniff")
-	if e.Header == "Sec-WebSocket-Version" {
-		hdr.Set("Sec-WebSocket-Version", upgrade.Version)
-	}
-	w.WriteHeader(e.Status)
-	fmt.Fprintln(w, e.Reason)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

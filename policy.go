@@ -11,23 +11,23 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
-	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 )
 
 // policyFor returns the policies of a connection to upstream from a client
 // at remoteAddr: the configured ones, with learned keepalive intervals
 // where a side's keepalive is auto.
-func (h *Handler) policyFor(up upstream, remoteAddr string) [2]timeout.Policy {
+func (h *Handler) policyFor(up upstream, remoteAddr string) relay.PerSide[timeout.Policy] {
 	p := h.policy
 	if h.Client.auto() {
 		if ip, ok := clientIP(remoteAddr); ok {
 			b := h.Client.bounds()
-			p[tunnel.Client].Keepalive = h.hub.networks.For(ip).Interval(b.min, b.max)
+			p.Client.Keepalive = h.hub.networks.For(ip).Interval(b.min, b.max)
 		}
 	}
 	if h.Backend.auto() && up.raw != "" {
 		b := h.Backend.bounds()
-		p[tunnel.Backend].Keepalive = h.hub.learner(up.raw).Interval(b.min, b.max)
+		p.Backend.Keepalive = h.hub.learner(up.raw).Interval(b.min, b.max)
 	}
 	return p
 }
@@ -68,9 +68,9 @@ func (h *Handler) announce(hdr http.Header, p timeout.Policy) {
 // learn is the relays' OnDrop for connection c: with keepalive auto on
 // that side, a drop after silence teaches the upstream's (or the client
 // network's) idle timeout, and connections that share it ping sooner.
-func (h *Handler) learn(c *live, side tunnel.Side, silence time.Duration) {
+func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 	switch side {
-	case tunnel.Backend:
+	case relay.Backend:
 		if !h.Backend.auto() {
 			return
 		}
@@ -85,8 +85,8 @@ func (h *Handler) learn(c *live, side tunnel.Side, silence time.Duration) {
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
-		h.hub.refreshPolicies(func(o *live) bool { return o.upstream == c.upstream })
-	case tunnel.Client:
+		h.hub.refreshPolicies(func(o *connection) bool { return o.upstream == c.upstream })
+	case relay.Client:
 		if !h.Client.auto() || !c.clientIP.IsValid() {
 			return
 		}
@@ -102,6 +102,6 @@ func (h *Handler) learn(c *live, side tunnel.Side, silence time.Duration) {
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
-		h.hub.refreshPolicies(func(o *live) bool { return o.clientIP.IsValid() && network.Contains(o.clientIP) })
+		h.hub.refreshPolicies(func(o *connection) bool { return o.clientIP.IsValid() && network.Contains(o.clientIP) })
 	}
 }

@@ -93,7 +93,7 @@ func TestTerminateProtocolErrors(t *testing.T) {
 	cases := []struct {
 		name  string
 		bytes []byte
-		code  int
+		code  frame.StatusCode
 	}{
 		{"unmasked", wstest.EncodeFrame(false, true, 0, frame.OpText, []byte("hi")), 1002},
 		{"rsv1 without deflate", m(true, frame.Rsv1, frame.OpText, "hi"), 1002},

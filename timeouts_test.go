@@ -305,7 +305,7 @@ http://127.0.0.1:%d {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, _, err := c.ReadMessage()
 		var ce *websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != frame.CloseServiceRestart {
+		if !errors.As(err, &ce) || ce.Code != int(frame.CloseServiceRestart) {
 			t.Fatalf("member %d after its upstream was removed: %v", i, err)
 		}
 	}

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
-	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
 )
 
 // Config is how a terminated connection behaves.
@@ -57,18 +57,11 @@ type Config struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// OnClose, if set, is called once when the connection is over.
-	OnClose func(Summary)
+	OnClose func(relay.Summary)
 	// OnDrop is the tunnel's: a side ended on its own after silence.
-	OnDrop func(side tunnel.Side, silence time.Duration)
+	OnDrop func(side relay.Side, silence time.Duration)
 	// OnPong is the tunnel's: the round trip of an answered keepalive.
-	OnPong func(side tunnel.Side, rtt time.Duration)
-}
-
-// Summary describes a finished connection: the tunnel's summary and the
-// number of backend reconnects.
-type Summary struct {
-	tunnel.Summary
-	Reconnects int
+	OnPong func(side relay.Side, rtt time.Duration)
 }
 
 // queued is a client message held during a reconnect gap.
@@ -92,10 +85,10 @@ type Conn struct {
 	running    int // endpoints whose readers run
 	reconnects int
 	recorded   bool
-	sum        tunnel.Summary
+	sum        relay.Summary
 	finished   bool
-	stats      [2]*endpoint // the client and the latest backend, for counters
-	backendOld [4]int64     // counters of replaced backends: bytes, msgs, pings, pongs
+	latest     *endpoint    // the latest backend, also during a gap, for counters
+	backendOld relay.Counts // counters of the backends it replaced
 }
 
 // New returns a terminated connection between an upgraded client connection
@@ -117,9 +110,10 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 		cfg.ReconnectBuffer = 1 << 20
 	}
 	c := &Conn{cfg: cfg, start: cfg.Now()}
-	c.client = newEndpoint(c, "client", client, true, cfg.Deflate, cfg.Client)
-	c.backend = newEndpoint(c, "backend", backend, false, false, cfg.Backend)
-	c.stats = [2]*endpoint{c.client, c.backend}
+	c.client = newEndpoint(c, relay.Client, client, cfg.Client)
+	c.client.deflate = cfg.Deflate
+	c.backend = newEndpoint(c, relay.Backend, backend, cfg.Backend)
+	c.latest = c.backend
 	return c
 }
 
@@ -127,8 +121,8 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 // fromBackend are bytes read past the handshakes.
 func (c *Conn) Start(fromClient, fromBackend []byte) {
 	c.running = 2
-	go c.client.run(fromClient)
-	go c.backend.run(fromBackend)
+	go c.client.Run(fromClient)
+	go c.backend.Run(fromBackend)
 }
 
 // SetPolicy puts new idle-timeout policies in force on a live connection,
@@ -138,55 +132,46 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 	c.cfg.Client, c.cfg.Backend = client, backend
 	b := c.backend
 	c.mu.Unlock()
-	c.client.live.SetPolicy(client)
+	c.client.Live.SetPolicy(client)
 	if b != nil {
-		b.live.SetPolicy(backend)
+		b.Live.SetPolicy(backend)
 	}
 }
 
 // Stats returns a live view of the connection; the backend's counters
 // include those of backends it replaced.
-func (c *Conn) Stats() tunnel.Stats {
+func (c *Conn) Stats() relay.Stats {
 	c.mu.Lock()
-	cl, b, old, n := c.stats[0], c.stats[1], c.backendOld, c.reconnects
+	b, old, n := c.latest, c.backendOld, c.reconnects
 	c.mu.Unlock()
-	leg := func(e *endpoint, base [4]int64) tunnel.LegStats {
-		pings, pongs, rtt := e.live.Pings()
-		return tunnel.LegStats{
-			Bytes: e.bytes.Load() + base[0], Messages: e.msgs.Load() + base[1],
-			Pings: pings + base[2], Pongs: pongs + base[3], RTT: rtt, Times: e.live.Snapshot(),
-		}
-	}
-	return tunnel.Stats{Legs: [2]tunnel.LegStats{leg(cl, [4]int64{}), leg(b, old)}, Reconnects: n}
+	bs := b.Stats()
+	bs.Bytes += old.Bytes
+	bs.Messages += old.Messages
+	bs.Pings += old.Pings
+	bs.Pongs += old.Pongs
+	return relay.Stats{Legs: relay.PerSide[relay.LegStats]{Client: c.client.Stats(), Backend: bs}, Reconnects: n}
 }
 
 // Policy returns the policy in force on a side.
-func (c *Conn) Policy(s tunnel.Side) timeout.Policy {
+func (c *Conn) Policy(s relay.Side) timeout.Policy {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s == tunnel.Client {
+	if s == relay.Client {
 		return c.cfg.Client
 	}
 	return c.cfg.Backend
-}
-
-func (c *Conn) sideOf(e *endpoint) tunnel.Side {
-	if e == c.client {
-		return tunnel.Client
-	}
-	return tunnel.Backend
 }
 
 func (c *Conn) dropped(e *endpoint, silence time.Duration) {
 	if c.cfg.OnDrop == nil {
 		return
 	}
-	c.cfg.OnDrop(c.sideOf(e), silence)
+	c.cfg.OnDrop(e.Side(), silence)
 }
 
 // Close ends the connection from the gateway: both sides get Close with
 // code and reason.
-func (c *Conn) Close(code int, reason string) {
+func (c *Conn) Close(code frame.StatusCode, reason string) {
 	c.mu.Lock()
 	c.done = true
 	c.record("gateway", code, reason)
@@ -199,7 +184,7 @@ func (c *Conn) Close(code int, reason string) {
 }
 
 // record notes the first closer; the caller holds c.mu.
-func (c *Conn) record(closer string, code int, reason string) {
+func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
 	if !c.recorded {
 		c.recorded = true
 		c.sum.Closer, c.sum.Code, c.sum.Reason = closer, code, reason
@@ -318,7 +303,7 @@ func reconnectable(how ending) bool {
 }
 
 // forBackend is the Close the backend gets when the client's session ended.
-func forBackend(how ending) (int, string) {
+func forBackend(how ending) (frame.StatusCode, string) {
 	switch {
 	case how.byPeer && how.code == frame.CloseNoStatus:
 		return frame.CloseNormal, ""
@@ -332,7 +317,7 @@ func forBackend(how ending) (int, string) {
 
 // forClient is the Close the client gets when the backend's session ended
 // for good.
-func forClient(how ending) (int, string) {
+func forClient(how ending) (frame.StatusCode, string) {
 	switch {
 	case how.byPeer && how.code == frame.CloseNoStatus:
 		return frame.CloseNormal, ""
@@ -408,7 +393,7 @@ func (c *Conn) isDone() bool {
 // resume makes conn the backend and sends it the held messages, in order.
 func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 	c.mu.Lock()
-	e := newEndpoint(c, "backend", conn, false, false, c.cfg.Backend)
+	e := newEndpoint(c, relay.Backend, conn, c.cfg.Backend)
 	defer c.mu.Unlock()
 	if c.done {
 		conn.Close()
@@ -420,18 +405,17 @@ func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 			return false
 		}
 	}
-	old := c.stats[1]
-	pings, pongs, _ := old.live.Pings()
-	c.backendOld[0] += old.bytes.Load()
-	c.backendOld[1] += old.msgs.Load()
-	c.backendOld[2] += pings
-	c.backendOld[3] += pongs
-	c.stats[1] = e
+	old := c.latest.Counts()
+	c.backendOld.Bytes += old.Bytes
+	c.backendOld.Messages += old.Messages
+	c.backendOld.Pings += old.Pings
+	c.backendOld.Pongs += old.Pongs
+	c.latest = e
 	c.queue, c.queuedSize = nil, 0
 	c.backend, c.redialing = e, false
 	c.running++
 	c.reconnects++
-	go e.run(buffered)
+	go e.Run(buffered)
 	return true
 }
 
@@ -453,13 +437,12 @@ func (c *Conn) finish() {
 		return
 	}
 	c.finished = true
-	s := Summary{Summary: c.sum, Reconnects: c.reconnects}
+	s := c.sum
+	s.Reconnects = c.reconnects
 	c.mu.Unlock()
 	st := c.Stats()
 	s.Start, s.End = c.start, c.cfg.Now()
-	for i, l := range st.Legs {
-		s.Bytes[i], s.Messages[i], s.Pings[i], s.Pongs[i], s.RTT[i] = l.Bytes, l.Messages, l.Pings, l.Pongs, l.RTT
-	}
+	s.Legs.Client, s.Legs.Backend = st.Legs.Client.Counts, st.Legs.Backend.Counts
 	if c.cfg.OnClose != nil {
 		c.cfg.OnClose(s)
 	}

@@ -3,15 +3,11 @@ package terminate
 import (
 	"errors"
 	"net"
-	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
-	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
-	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
-	"github.com/caddy-websocket/caddy-websocket/internal/park"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
@@ -21,7 +17,7 @@ type ending struct {
 	// Otherwise the gateway closed: code is what it sent, or 1006 when the
 	// peer vanished without a Close frame.
 	byPeer bool
-	code   int
+	code   frame.StatusCode
 	reason string
 }
 
@@ -31,13 +27,8 @@ type ending struct {
 // every frame it reads, assembles messages and hands them to its Conn, and
 // answers Pings itself.
 type endpoint struct {
+	relay.Leg
 	c       *Conn
-	side    string // "client" or "backend", for reasons and logs
-	conn    net.Conn
-	rd      lazyread.Reader
-	live    liveness.Watch
-	park    park.Waiter
-	server  bool // the gateway is the server on this leg
 	deflate bool // permessage-deflate was negotiated (client leg only)
 	maxMsg  int64
 
@@ -55,16 +46,10 @@ type endpoint struct {
 	text     utf8Stream
 	ctl      [frame.MaxControlPayload]byte
 	ctlN     int
-	failed   bool          // a protocol error was answered: ignore the rest
-	notified bool          // the Conn was told how the session ended
-	silence  time.Duration // both ways, before the last read
-	tokens   float64       // message-rate bucket (client leg, MaxMessageRate)
-	tokensAt time.Time
-
-	closeRecv atomic.Bool
-
-	// Counters.
-	bytes, msgs atomic.Int64
+	failed   bool // a protocol error was answered: ignore the rest
+	notified bool // the Conn was told how the session ended
+	tokens   float64
+	tokensAt time.Time // message-rate bucket (client leg, MaxMessageRate)
 
 	// Writer state, guarded by wmu.
 	wmu       sync.Mutex
@@ -74,67 +59,54 @@ type endpoint struct {
 	out       []byte // frames held for one write at the end of the peer's read (queueMessage)
 }
 
-func newEndpoint(c *Conn, side string, conn net.Conn, server, deflate bool, p timeout.Policy) *endpoint {
-	e := &endpoint{c: c, side: side, conn: conn, server: server, deflate: deflate, maxMsg: c.cfg.MaxMessageSize}
-	e.rd.Init(conn)
-	e.park.Init(conn, e.turn)
-	e.live.Init(conn, p, c.cfg.Now(), c.cfg.Now, &e.park)
+func newEndpoint(c *Conn, side relay.Side, conn net.Conn, p timeout.Policy) *endpoint {
+	e := &endpoint{c: c, maxMsg: c.cfg.MaxMessageSize}
+	e.Init(side, conn, e, p, c.cfg.Now(), c.cfg.Now)
 	return e
 }
 
-// run starts the endpoint's reader. initial holds bytes read with the
-// handshake.
-func (e *endpoint) run(initial []byte) {
-	if len(initial) > 0 {
-		e.bytes.Add(int64(len(initial)))
-		e.feed(initial)
-		e.c.flushPeer(e)
-	}
-	e.turn()
+// name is the endpoint's side, for reasons and logs.
+func (e *endpoint) name() string { return e.Side().String() }
+
+// server reports whether the gateway is the server on this leg.
+func (e *endpoint) server() bool { return e.Role() == relay.Server }
+
+// Feed parses what the peer sent and writes the messages it completes to
+// the other side.
+func (e *endpoint) Feed(b []byte) {
+	e.feed(b)
+	e.c.flushPeer(e)
 }
 
-// turn is one run of the reader, in its own goroutine: until the endpoint
-// ends, or until it is quiet and parks, to be woken by bytes, its next
-// policy event or a close.
-func (e *endpoint) turn() {
-	for {
-		if e.live.Arm() {
-			break
-		}
-		b, err := e.rd.Read(e.live.Linger())
-		if err == lazyread.ErrWouldBlock {
-			if e.live.Park() {
-				return
-			}
-			continue
-		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if e.onDeadline() {
-					break
-				}
-				if e.live.Park() {
-					return
-				}
-				continue
-			}
-			if !e.closeRecv.Load() && !e.live.Closing() {
-				e.c.dropped(e, e.live.Silence())
-			}
-			e.end(ending{code: frame.CloseAbnormal, reason: e.side + " went away: " + err.Error()})
-			break
-		}
-		e.bytes.Add(int64(len(b)))
-		e.silence = e.live.Read()
-		e.feed(b)
-		e.c.flushPeer(e)
+// Exit ends the endpoint's session, if nothing did yet, and tells the Conn
+// its reader is done.
+func (e *endpoint) Exit(err error) {
+	if err != relay.ErrGraceOver {
+		e.end(ending{code: frame.CloseAbnormal, reason: e.name() + " went away: " + err.Error()})
 	}
-	e.park.Stop()
-	e.rd.Release()
-	e.conn.Close()
 	e.releaseMsg()
-	e.end(ending{code: frame.CloseAbnormal, reason: e.side + " connection closed"})
+	e.end(ending{code: frame.CloseAbnormal, reason: e.name() + " connection closed"})
 	e.c.exited(e)
+}
+
+// Dropped tells the learner the peer went after silence.
+func (e *endpoint) Dropped(silence time.Duration) { e.c.dropped(e, silence) }
+
+// Ping sends the peer the gateway's keepalive Ping.
+func (e *endpoint) Ping() {
+	p := e.Live.NextPing()
+	e.writeControl(frame.OpPing, p[:])
+}
+
+// Timeout closes the session for the leg's idle or pong timeout.
+func (e *endpoint) Timeout(act timeout.Action) {
+	if act == timeout.CloseIdle {
+		e.close(frame.CloseGoingAway, "idle timeout")
+		e.end(ending{code: frame.CloseGoingAway, reason: e.name() + " idle timeout"})
+		return
+	}
+	e.close(frame.CloseGoingAway, "ping timeout")
+	e.end(ending{code: frame.CloseGoingAway, reason: e.name() + " did not answer ping"})
 }
 
 // end tells the Conn, once, how this endpoint's session ended.
@@ -144,27 +116,6 @@ func (e *endpoint) end(how ending) {
 	}
 	e.notified = true
 	e.c.ended(e, how)
-}
-
-func (e *endpoint) onDeadline() bool {
-	act, over := e.live.Fired()
-	if e.live.Closing() {
-		return over
-	}
-	switch act {
-	case timeout.Ping:
-		p := e.live.NextPing()
-		e.writeControl(frame.OpPing, p[:])
-	case timeout.CloseIdle:
-		e.close(frame.CloseGoingAway, "idle timeout")
-		e.end(ending{code: frame.CloseGoingAway, reason: e.side + " idle timeout"})
-	case timeout.ClosePong:
-		e.close(frame.CloseGoingAway, "ping timeout")
-		e.live.StartClosing(0)
-		e.c.dropped(e, e.live.PingSilence())
-		e.end(ending{code: frame.CloseGoingAway, reason: e.side + " did not answer ping"})
-	}
-	return false
 }
 
 // feed parses the bytes b, which the endpoint may modify (unmask) in place.
@@ -241,7 +192,7 @@ func (e *endpoint) readHeader(b []byte) int {
 
 // check applies RFC 6455 §5 to a header; it returns a Close code and reason
 // for a violation.
-func (e *endpoint) check(h frame.Header) (int, string) {
+func (e *endpoint) check(h frame.Header) (frame.StatusCode, string) {
 	switch {
 	case h.Op.IsReserved():
 		return frame.CloseProtocolError, "reserved opcode"
@@ -252,9 +203,9 @@ func (e *endpoint) check(h frame.Header) (int, string) {
 		return frame.CloseProtocolError, "fragmented control frame"
 	case h.Op.IsControl() && h.Length > frame.MaxControlPayload:
 		return frame.CloseProtocolError, "control frame too long"
-	case e.server && !h.Masked:
+	case e.server() && !h.Masked:
 		return frame.CloseProtocolError, "client frame not masked"
-	case !e.server && h.Masked:
+	case !e.server() && h.Masked:
 		return frame.CloseProtocolError, "server frame masked"
 	case h.Op == frame.OpContinuation && !e.inMsg:
 		return frame.CloseProtocolError, "continuation frame without a message"
@@ -324,9 +275,9 @@ func (e *endpoint) frameEnd() {
 		e.fail(frame.ClosePolicyViolation, "message rate exceeded")
 		return
 	}
-	e.msgs.Add(1)
-	e.live.Active()
-	if !e.closeRecv.Load() && !e.sentClose() {
+	e.Msgs.Add(1)
+	e.Live.Active()
+	if !e.GotClose() && !e.sentClose() {
 		e.c.message(e, op, msg)
 	}
 	e.releaseMsg()
@@ -336,7 +287,7 @@ func (e *endpoint) frameEnd() {
 // holds up to MaxMessageRate messages and refills at that many per second.
 func (e *endpoint) allowMessage() bool {
 	rate := e.c.cfg.MaxMessageRate
-	if rate <= 0 || !e.server {
+	if rate <= 0 || !e.server() {
 		return true
 	}
 	now := e.c.cfg.Now()
@@ -364,16 +315,16 @@ func (e *endpoint) releaseMsg() {
 func (e *endpoint) control(op frame.Opcode, p []byte) {
 	switch op {
 	case frame.OpPing:
-		e.live.Active()
+		e.Live.Active()
 		e.writeControl(frame.OpPong, p)
 	case frame.OpPong:
-		if own, rtt := e.live.Pong(p); own {
+		if own, rtt := e.Live.Pong(p); own {
 			if rtt > 0 && e.c.cfg.OnPong != nil {
-				e.c.cfg.OnPong(e.c.sideOf(e), rtt)
+				e.c.cfg.OnPong(e.Side(), rtt)
 			}
 			return
 		}
-		e.live.Active()
+		e.Live.Active()
 	case frame.OpClose:
 		code, reason, ok := frame.ParseClose(p)
 		if !ok {
@@ -384,10 +335,10 @@ func (e *endpoint) control(op frame.Opcode, p []byte) {
 			}
 			return
 		}
-		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !e.closeRecv.Load() && !e.sentClose() {
-			e.c.dropped(e, e.silence) // the peer closed first: perhaps its idle timer
+		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !e.GotClose() && !e.sentClose() {
+			e.c.dropped(e, e.Silence) // the peer closed first: perhaps its idle timer
 		}
-		e.closeRecv.Store(true)
+		e.ReceivedClose()
 		if !e.sentClose() {
 			// Echo the code (RFC 6455 §5.5.1); 1005 may not be sent.
 			echo := code
@@ -397,33 +348,29 @@ func (e *endpoint) control(op frame.Opcode, p []byte) {
 			e.close(echo, "")
 		}
 		e.end(ending{byPeer: true, code: code, reason: reason})
-		e.live.StartClosing(e.c.cfg.CloseGrace)
+		e.Live.StartClosing(e.c.cfg.CloseGrace)
 	}
 }
 
 // fail answers a protocol violation: Close with code, then the peer gets a
 // grace period to hang up.
-func (e *endpoint) fail(code int, reason string) {
+func (e *endpoint) fail(code frame.StatusCode, reason string) {
 	e.failed = true
 	e.close(code, reason)
-	e.end(ending{code: code, reason: e.side + " protocol error: " + reason})
+	e.end(ending{code: code, reason: e.name() + " protocol error: " + reason})
 }
 
 // close sends a Close frame (once) and starts the grace period.
-func (e *endpoint) close(code int, reason string) {
-	f := frame.AppendClose(nil, code, reason, !e.server, frame.NewKey(!e.server))
+func (e *endpoint) close(code frame.StatusCode, reason string) {
+	f := frame.AppendClose(nil, code, reason, !e.server(), frame.NewKey(!e.server()))
 	e.wmu.Lock()
 	if !e.closeSent && !e.writeDead {
 		e.closeSent = true
 		e.writeLocked(f)
-		// Nothing may follow a Close: the FIN says so while the peer's
-		// Close can still come back.
-		if cw, ok := e.conn.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
+		e.SentClose()
 	}
 	e.wmu.Unlock()
-	e.live.StartClosing(e.c.cfg.CloseGrace)
+	e.Live.StartClosing(e.c.cfg.CloseGrace)
 }
 
 func (e *endpoint) sentClose() bool {
@@ -434,7 +381,7 @@ func (e *endpoint) sentClose() bool {
 
 func (e *endpoint) writeControl(op frame.Opcode, p []byte) {
 	var buf [frame.MaxHeaderSize + frame.MaxControlPayload]byte
-	f := frame.AppendFrame(buf[:0], op, p, !e.server, frame.NewKey(!e.server))
+	f := frame.AppendFrame(buf[:0], op, p, !e.server(), frame.NewKey(!e.server()))
 	e.wmu.Lock()
 	if !e.closeSent {
 		e.writeLocked(f)
@@ -499,7 +446,7 @@ func (e *endpoint) send(op frame.Opcode, p []byte, queue bool) bool {
 // prepare compresses a message if the leg negotiated it and returns its
 // frame header and payload; done gives the compressed copy back.
 func (e *endpoint) prepare(op frame.Opcode, p []byte) (frame.Header, []byte, func()) {
-	h := frame.Header{Fin: true, Op: op, Masked: !e.server}
+	h := frame.Header{Fin: true, Op: op, Masked: !e.server()}
 	done := func() {}
 	if e.deflate && len(p) >= minCompress {
 		zipped := compress(getMsg(), p)
@@ -545,7 +492,7 @@ func (e *endpoint) writeRaw(bufs ...[]byte) bool {
 	if e.writeDead {
 		return false
 	}
-	if e.live.Write(bufs) != nil {
+	if e.Live.Write(bufs) != nil {
 		e.writeDead = true
 		return false
 	}

@@ -17,25 +17,18 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
-	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
-// Side names a leg of the connection.
-type Side int
+// Side names a leg of the connection (the relay core's).
+type Side = relay.Side
 
 // The two legs.
 const (
-	Client Side = iota
-	Backend
+	Client  = relay.Client
+	Backend = relay.Backend
 )
-
-func (s Side) String() string {
-	if s == Client {
-		return "client"
-	}
-	return "backend"
-}
 
 // Config is how a tunnel behaves. The zero value relays with no keepalive
 // and no timeouts.
@@ -48,7 +41,7 @@ type Config struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// OnClose, if set, is called once when both legs are closed.
-	OnClose func(Summary)
+	OnClose func(relay.Summary)
 	// OnDrop, if set, is told when a side ends the connection on its own
 	// (vanishes, stops answering pings, or sends Close 1000/1001 first)
 	// after being silent both ways for silence: what timeout.Learner
@@ -58,48 +51,16 @@ type Config struct {
 	OnPong func(side Side, rtt time.Duration)
 }
 
-// Summary describes a finished connection.
-type Summary struct {
-	Start, End time.Time
-	// Closer is who ended the connection: "client", "backend" or "gateway".
-	Closer string
-	// Code and Reason are from the first Close frame (from the closer, or
-	// sent by the gateway); Code is 1006 when the closer vanished without
-	// one.
-	Code   int
-	Reason string
-	// Bytes and Messages count what each side sent (index by Side); Pings
-	// counts the gateway's pings to each side and Pongs the answers to them.
-	Bytes, Messages, Pings, Pongs [2]int64
-	// RTT is the round trip of the last answered ping on each side.
-	RTT [2]time.Duration
-}
-
-// LegStats is a live view of one side of a connection.
-type LegStats struct {
-	// Bytes and Messages the side sent; Pings the gateway sent it and the
-	// Pongs that answered; RTT of the last answered Ping.
-	Bytes, Messages, Pings, Pongs int64
-	RTT                           time.Duration
-	liveness.Times
-}
-
-// Stats is a live view of a connection, indexed by Side.
-type Stats struct {
-	Legs       [2]LegStats
-	Reconnects int
-}
-
 // Conn is one relayed connection.
 type Conn struct {
 	cfg   Config
 	start time.Time
-	legs  [2]leg
+	legs  relay.PerSide[leg]
 
 	mu      sync.Mutex
 	ended   bool // a closer has been recorded
 	closer  string
-	code    int
+	code    frame.StatusCode
 	reason  string
 	readers int // readers still running (or parked)
 }
@@ -115,10 +76,10 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 	}
 	c := &Conn{cfg: cfg}
 	c.start = cfg.Now()
-	c.legs[Client].init(c, Client, client, cfg.Client)
-	c.legs[Backend].init(c, Backend, backend, cfg.Backend)
-	c.legs[Client].peer = &c.legs[Backend]
-	c.legs[Backend].peer = &c.legs[Client]
+	c.legs.Client.init(c, Client, client, cfg.Client)
+	c.legs.Backend.init(c, Backend, backend, cfg.Backend)
+	c.legs.Client.other = &c.legs.Backend
+	c.legs.Backend.other = &c.legs.Client
 	return c
 }
 
@@ -128,29 +89,23 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 // first.
 func (c *Conn) Start(fromClient, fromBackend []byte) {
 	c.readers = 2
-	go c.legs[Client].run(fromClient)
-	go c.legs[Backend].run(fromBackend)
+	go c.legs.Client.Run(fromClient)
+	go c.legs.Backend.Run(fromBackend)
 }
 
 // SetPolicy puts new idle-timeout policies in force on a live connection.
 func (c *Conn) SetPolicy(client, backend timeout.Policy) {
-	c.legs[Client].live.SetPolicy(client)
-	c.legs[Backend].live.SetPolicy(backend)
+	c.legs.Client.Live.SetPolicy(client)
+	c.legs.Backend.Live.SetPolicy(backend)
 }
 
 // Stats returns a live view of the connection.
-func (c *Conn) Stats() Stats {
-	var s Stats
-	for i := range c.legs {
-		l := &c.legs[i]
-		s.Legs[i] = LegStats{Bytes: l.bytes.Load(), Messages: l.msgs.Load(), Times: l.live.Snapshot()}
-		s.Legs[i].Pings, s.Legs[i].Pongs, s.Legs[i].RTT = l.live.Pings()
-	}
-	return s
+func (c *Conn) Stats() relay.Stats {
+	return relay.Stats{Legs: relay.PerSide[relay.LegStats]{Client: c.legs.Client.Stats(), Backend: c.legs.Backend.Stats()}}
 }
 
 // Policy returns the policy in force on a side.
-func (c *Conn) Policy(s Side) timeout.Policy { return c.legs[s].live.Policy() }
+func (c *Conn) Policy(s Side) timeout.Policy { return c.legs.Of(s).Live.Policy() }
 
 func (c *Conn) dropped(s Side, silence time.Duration) {
 	if c.cfg.OnDrop != nil {
@@ -160,21 +115,21 @@ func (c *Conn) dropped(s Side, silence time.Duration) {
 
 // Close ends the connection from the gateway's side: both legs get a Close
 // frame with code and reason and a grace period to answer.
-func (c *Conn) Close(code int, reason string) {
+func (c *Conn) Close(code frame.StatusCode, reason string) {
 	c.gatewayClose(code, reason, code, reason)
 }
 
 // gatewayClose sends each leg its own Close frame and starts closing both.
-func (c *Conn) gatewayClose(clientCode int, clientReason string, backendCode int, backendReason string) {
+func (c *Conn) gatewayClose(clientCode frame.StatusCode, clientReason string, backendCode frame.StatusCode, backendReason string) {
 	c.record("gateway", clientCode, clientReason)
-	c.legs[Client].sendClose(clientCode, clientReason)
-	c.legs[Backend].sendClose(backendCode, backendReason)
-	c.legs[Client].startClosing(c.cfg.CloseGrace)
-	c.legs[Backend].startClosing(c.cfg.CloseGrace)
+	c.legs.Client.sendClose(clientCode, clientReason)
+	c.legs.Backend.sendClose(backendCode, backendReason)
+	c.legs.Client.StartClosing(c.cfg.CloseGrace)
+	c.legs.Backend.StartClosing(c.cfg.CloseGrace)
 }
 
 // record notes the first closer; later calls are ignored.
-func (c *Conn) record(closer string, code int, reason string) {
+func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
 	c.mu.Lock()
 	if !c.ended {
 		c.ended = true
@@ -189,25 +144,25 @@ func (c *Conn) record(closer string, code int, reason string) {
 // neither side ever sees the connection drop without one because of the
 // gateway.
 func (c *Conn) readerDone(l *leg, why string) {
-	if !l.closeRecv.Load() {
+	if !l.GotClose() {
 		switch {
 		case l.stoppedReading():
-			c.record("gateway", frame.CloseGoingAway, l.side.String()+" stopped reading (write timeout)")
-			if l.side == Client {
-				l.peer.sendClose(frame.CloseGoingAway, "client stopped reading")
+			c.record("gateway", frame.CloseGoingAway, l.Side().String()+" stopped reading (write timeout)")
+			if l.Side() == Client {
+				l.other.sendClose(frame.CloseGoingAway, "client stopped reading")
 			} else {
-				l.peer.sendClose(frame.CloseInternalError, "backend stopped reading")
+				l.other.sendClose(frame.CloseInternalError, "backend stopped reading")
 			}
-		case l.side == Client:
+		case l.Side() == Client:
 			c.record("client", frame.CloseAbnormal, "client went away: "+why)
-			l.peer.sendClose(frame.CloseGoingAway, "client went away")
+			l.other.sendClose(frame.CloseGoingAway, "client went away")
 		default:
 			c.record("backend", frame.CloseAbnormal, "backend went away: "+why)
-			l.peer.sendClose(frame.CloseInternalError, "backend closed the connection without a Close frame")
+			l.other.sendClose(frame.CloseInternalError, "backend closed the connection without a Close frame")
 		}
 	}
 	// The other leg gets a grace period to finish its side of the close.
-	l.peer.startClosing(c.cfg.CloseGrace)
+	l.other.StartClosing(c.cfg.CloseGrace)
 
 	c.mu.Lock()
 	c.readers--
@@ -216,12 +171,8 @@ func (c *Conn) readerDone(l *leg, why string) {
 	if !last {
 		return
 	}
-	sum := Summary{Closer: c.closer, Code: c.code, Reason: c.reason, Start: c.start, End: c.cfg.Now()}
-	for _, s := range []Side{Client, Backend} {
-		sum.Bytes[s] = c.legs[s].bytes.Load()
-		sum.Messages[s] = c.legs[s].msgs.Load()
-		sum.Pings[s], sum.Pongs[s], sum.RTT[s] = c.legs[s].live.Pings()
-	}
+	sum := relay.Summary{Closer: c.closer, Code: c.code, Reason: c.reason, Start: c.start, End: c.cfg.Now(),
+		Legs: relay.PerSide[relay.Counts]{Client: c.legs.Client.Counts(), Backend: c.legs.Backend.Counts()}}
 	if c.cfg.OnClose != nil {
 		c.cfg.OnClose(sum)
 	}

@@ -37,9 +37,9 @@ func held(h frame.Header) bool {
 	return (h.Op == frame.OpPong || h.Op == frame.OpClose) && h.Length <= frame.MaxControlPayload
 }
 
-// relay scans b, read from src, and writes it on to src.peer.
+// relay scans b, read from src, and writes it on to src.other.
 func (s *scanner) relay(src *leg, b []byte) {
-	dst := src.peer
+	dst := src.other
 	if s.broken {
 		dst.write(net.Buffers{b}, -1, true, false)
 		return
@@ -164,7 +164,7 @@ func (s *scanner) relay(src *leg, b []byte) {
 		boundary = len(segs)
 	}
 	if active {
-		src.live.Active()
+		src.Live.Active()
 	}
 	dst.write(segs, boundary, s.remain > 0 || s.broken, closeFrame)
 	// Only now may the carry buffer be overwritten: segs pointed into it.
@@ -174,10 +174,10 @@ func (s *scanner) relay(src *leg, b []byte) {
 		// src sent Close; once dst's answer has gone back, src's closing
 		// handshake is complete.
 		if src.sentClose() {
-			src.startClosing(src.c.cfg.CloseGrace)
+			src.StartClosing(src.c.cfg.CloseGrace)
 		}
-		if dst.closeRecv.Load() {
-			dst.startClosing(src.c.cfg.CloseGrace)
+		if dst.GotClose() {
+			dst.StartClosing(src.c.cfg.CloseGrace)
 		}
 	}
 }
@@ -229,12 +229,12 @@ func (s *scanner) heldFrame(src *leg, h frame.Header, payload []byte) bool {
 		return src.isOwnPong(p[:n])
 	case frame.OpClose:
 		code, reason, _ := frame.ParseClose(p[:n])
-		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !src.closeRecv.Load() && !src.sentClose() {
+		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !src.GotClose() && !src.sentClose() {
 			// The peer closed first: perhaps its idle timer.
-			src.c.dropped(src.side, src.silence)
+			src.c.dropped(src.Side(), src.Silence)
 		}
-		src.closeRecv.Store(true)
-		src.c.record(src.side.String(), code, reason)
+		src.ReceivedClose()
+		src.c.record(src.Side().String(), code, reason)
 	}
 	return false
 }
@@ -242,6 +242,6 @@ func (s *scanner) heldFrame(src *leg, h frame.Header, payload []byte) bool {
 // frameDone counts a finished frame.
 func (s *scanner) frameDone(src *leg, h frame.Header) {
 	if h.Fin && !h.Op.IsControl() {
-		src.msgs.Add(1)
+		src.Msgs.Add(1)
 	}
 }

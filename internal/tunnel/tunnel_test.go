@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
@@ -142,7 +143,7 @@ func TestOwnPongsAreConsumed(t *testing.T) {
 	if n, err := client.Read(b); err == nil {
 		t.Fatalf("the client got %x", b[:n])
 	}
-	pings, pongs, _ := c.legs[Backend].live.Pings()
+	pings, pongs, _ := c.legs.Backend.Live.Pings()
 	if pings < 5 {
 		t.Fatalf("%d pings in 500ms at 50ms", pings)
 	}
@@ -154,8 +155,8 @@ func TestOwnPongsAreConsumed(t *testing.T) {
 // TestSummary: a clean close from the client, answered by the backend, is
 // summarised once with the client as closer.
 func TestSummary(t *testing.T) {
-	done := make(chan Summary, 2)
-	client, backend, _ := pipes(t, Config{CloseGrace: 200 * time.Millisecond, OnClose: func(s Summary) { done <- s }})
+	done := make(chan relay.Summary, 2)
+	client, backend, _ := pipes(t, Config{CloseGrace: 200 * time.Millisecond, OnClose: func(s relay.Summary) { done <- s }})
 	go io.Copy(io.Discard, client)
 	msg := enc(true, true, frame.OpText, []byte("hello"))
 	closeF := enc(true, true, frame.OpClose, append([]byte{0x03, 0xe8}, "bye"...))
@@ -169,7 +170,7 @@ func TestSummary(t *testing.T) {
 	backend.Close()
 	select {
 	case s := <-done:
-		if s.Closer != "client" || s.Code != 1000 || s.Reason != "bye" || s.Messages[Client] != 1 || s.Bytes[Client] != int64(len(b)) {
+		if s.Closer != "client" || s.Code != 1000 || s.Reason != "bye" || s.Legs.Client.Messages != 1 || s.Legs.Client.Bytes != int64(len(b)) {
 			t.Fatalf("%+v", s)
 		}
 	case <-time.After(7 * time.Second):

@@ -440,7 +440,7 @@ func relayGoroutines() string {
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "caddy-websocket/tunnel.") || strings.Contains(g, "caddy-websocket/terminate.") {
+		if strings.Contains(g, "caddy-websocket/internal/relay.") || strings.Contains(g, "caddy-websocket/internal/tunnel.") || strings.Contains(g, "caddy-websocket/internal/terminate.") {
 			out = append(out, g)
 		}
 	}

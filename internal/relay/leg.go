@@ -1,0 +1,200 @@
+package relay
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
+	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/park"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+)
+
+// ErrGraceOver is the reason a leg's reader gives when it stopped because
+// the close grace period ended (or the closing handshake completed).
+var ErrGraceOver = errors.New("close grace period over")
+
+// Handler is what a mode does with one leg. The leg's reader calls it, one
+// call at a time; only Feed may run long (it relays what it is given).
+type Handler interface {
+	// Feed handles bytes read from the leg, in order. It may modify b,
+	// which is only valid during the call.
+	Feed(b []byte)
+	// Ping sends the leg's peer a keepalive Ping: the policy says it is due.
+	Ping()
+	// Timeout ends the connection for the policy: timeout.CloseIdle (no
+	// frame from the peer for too long) or timeout.ClosePong (a keepalive
+	// went unanswered; the leg then closes at once and Dropped follows).
+	Timeout(act timeout.Action)
+	// Dropped reports that the peer ended the connection on its own
+	// (vanished or stopped answering) after being silent both ways for
+	// silence: what an idle-timeout learner learns from.
+	Dropped(silence time.Duration)
+	// Exit is called once, as the reader stops for good, with the socket
+	// closed: err is ErrGraceOver, or why the read failed.
+	Exit(err error)
+}
+
+// Leg is one WebSocket connection of a relayed pair, as the relay core
+// sees it: a socket, its reader, its liveness policy, its close state and
+// its counters. A leg's socket may be anything a net.Conn can be; when it
+// is a plain TCP socket the quiet reader parks (package park) and holds no
+// goroutine, otherwise it waits in Go's poller with one.
+type Leg struct {
+	Live liveness.Watch
+	// Bytes and Msgs count what the peer sent; the mode counts messages.
+	Bytes, Msgs atomic.Int64
+	// Silence is the silence both ways before the last read (reader-owned).
+	Silence time.Duration
+
+	conn      net.Conn
+	h         Handler
+	rd        lazyread.Reader
+	park      park.Waiter
+	side      Side
+	role      Role
+	closeRecv atomic.Bool // a Close frame came from the peer
+	closeSent atomic.Bool // a Close frame went out to the peer
+}
+
+// Init prepares the leg to read conn for h under policy p; silence counts
+// from start on the clock now.
+func (l *Leg) Init(side Side, conn net.Conn, h Handler, p timeout.Policy, start time.Time, now func() time.Time) {
+	l.side, l.role, l.conn, l.h = side, RoleOf(side), conn, h
+	l.rd.Init(conn)
+	l.park.Init(conn, l.turn)
+	l.Live.Init(conn, p, start, now, &l.park)
+}
+
+// Side is the side the leg is on.
+func (l *Leg) Side() Side { return l.side }
+
+// Role is what the gateway is on this leg.
+func (l *Leg) Role() Role { return l.role }
+
+// Conn is the leg's socket.
+func (l *Leg) Conn() net.Conn { return l.conn }
+
+// Run starts the reader in the calling goroutine: initial holds bytes read
+// with the handshake, fed first.
+func (l *Leg) Run(initial []byte) {
+	if len(initial) > 0 {
+		l.Bytes.Add(int64(len(initial)))
+		l.h.Feed(initial)
+	}
+	l.turn()
+}
+
+// turn is one run of the reader: until the leg ends, or until it is quiet
+// and parks, to be woken (in a new goroutine) by bytes, its next policy
+// event or a close.
+func (l *Leg) turn() {
+	var why error
+	for {
+		if l.Live.Arm() {
+			why = ErrGraceOver
+			break
+		}
+		b, err := l.rd.Read(l.Live.Linger())
+		if err == lazyread.ErrWouldBlock {
+			if l.Live.Park() {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if l.deadline() {
+					why = ErrGraceOver
+					break
+				}
+				if l.Live.Park() {
+					return
+				}
+				continue
+			}
+			why = err
+			if !l.closeRecv.Load() && !l.Live.Closing() {
+				l.h.Dropped(l.Live.Silence())
+			}
+			break
+		}
+		l.Bytes.Add(int64(len(b)))
+		l.Silence = l.Live.Read()
+		l.h.Feed(b)
+	}
+	l.park.Stop()
+	l.rd.Release()
+	l.conn.Close()
+	l.h.Exit(why)
+}
+
+// deadline runs the policy when the read deadline fired and reports
+// whether the reader should stop.
+func (l *Leg) deadline() bool {
+	act, over := l.Live.Fired()
+	if l.Live.Closing() {
+		return over
+	}
+	switch act {
+	case timeout.Ping:
+		l.h.Ping()
+	case timeout.CloseIdle:
+		l.h.Timeout(act)
+	case timeout.ClosePong:
+		l.h.Timeout(act)
+		// The peer is unresponsive: don't wait for its Close.
+		l.Live.StartClosing(0)
+		l.h.Dropped(l.Live.PingSilence())
+	}
+	return false
+}
+
+// ReceivedClose records the peer's Close frame.
+func (l *Leg) ReceivedClose() {
+	l.closeRecv.Store(true)
+	l.closeDone()
+}
+
+// GotClose reports whether the peer sent a Close frame.
+func (l *Leg) GotClose() bool { return l.closeRecv.Load() }
+
+// SentClose records that a Close frame went out to the peer (the mode has
+// written it; nothing may follow) and half-closes the socket, so the FIN
+// says so while the peer's own Close can still come back.
+func (l *Leg) SentClose() {
+	l.closeSent.Store(true)
+	if cw, ok := l.conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	l.closeDone()
+}
+
+// closeDone ends a leg whose closing handshake is complete, when the
+// gateway is its server: RFC 6455 §7.1.1 has the server close the TCP
+// connection first, and a peer that waits for it (most clients) must not
+// wait out the grace period. That holds whatever the socket is: a
+// half-close is not available on every connection (TLS, wrapped ones).
+func (l *Leg) closeDone() {
+	if l.role == Server && l.closeRecv.Load() && l.closeSent.Load() {
+		l.Live.StartClosing(0)
+	}
+}
+
+// StartClosing gives the peer grace to finish closing.
+func (l *Leg) StartClosing(grace time.Duration) { l.Live.StartClosing(grace) }
+
+// Counts returns the leg's counters.
+func (l *Leg) Counts() Counts {
+	c := Counts{Bytes: l.Bytes.Load(), Messages: l.Msgs.Load()}
+	c.Pings, c.Pongs, c.RTT = l.Live.Pings()
+	return c
+}
+
+// Stats returns a live view of the leg.
+func (l *Leg) Stats() LegStats {
+	return LegStats{Counts: l.Counts(), Times: l.Live.Snapshot()}
+}

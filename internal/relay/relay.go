@@ -1,0 +1,105 @@
+// Package relay is the core both relay modes share: the two sides of a
+// connection, what is counted about them, and the leg loop that reads one
+// leg, runs its idle-timeout policy, parks it when it is quiet and closes
+// it. A mode (package tunnel or terminate) supplies what to do with the
+// bytes read and with the policy's events, as a Handler.
+package relay
+
+import (
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+)
+
+// Side names a leg of a connection.
+type Side uint8
+
+// The two legs.
+const (
+	Client Side = iota
+	Backend
+)
+
+func (s Side) String() string {
+	if s == Client {
+		return "client"
+	}
+	return "backend"
+}
+
+// Other returns the opposite side.
+func (s Side) Other() Side { return 1 - s }
+
+// Role is what the gateway is on a leg's WebSocket.
+type Role uint8
+
+const (
+	// Server: the gateway answered the handshake (the client leg). Frames
+	// arrive masked, the gateway's go out unmasked, and the gateway closes
+	// the TCP connection first (RFC 6455 §7.1.1).
+	Server Role = iota
+	// ClientRole: the gateway made the handshake (a backend leg). It masks
+	// its frames and leaves the TCP close to the server.
+	ClientRole
+)
+
+// RoleOf is the gateway's role on a side.
+func RoleOf(s Side) Role {
+	if s == Client {
+		return Server
+	}
+	return ClientRole
+}
+
+// Masks reports whether the gateway masks the frames it sends in this role.
+func (r Role) Masks() bool { return r == ClientRole }
+
+// PerSide holds one value for each side.
+type PerSide[T any] struct {
+	Client, Backend T
+}
+
+// Of returns the value of side s.
+func (p *PerSide[T]) Of(s Side) *T {
+	if s == Client {
+		return &p.Client
+	}
+	return &p.Backend
+}
+
+// Summary describes a finished connection.
+type Summary struct {
+	Start, End time.Time
+	// Closer is who ended the connection: "client", "backend" or "gateway".
+	Closer string
+	// Code and Reason are from the first Close frame (from the closer, or
+	// sent by the gateway); Code is 1006 when the closer vanished without
+	// one.
+	Code   frame.StatusCode
+	Reason string
+	// Legs counts what each side sent and the keepalives it answered.
+	Legs PerSide[Counts]
+	// Reconnects counts the backend re-dials (terminate mode).
+	Reconnects int
+}
+
+// Counts is what is counted on one leg: the bytes and messages the side
+// sent, the gateway's keepalive pings to it and the Pongs that answered
+// them, and the round trip of the last answered ping.
+type Counts struct {
+	Bytes, Messages, Pings, Pongs int64
+	RTT                           time.Duration
+}
+
+// LegStats is a live view of one side of a connection.
+type LegStats struct {
+	Counts
+	liveness.Times
+}
+
+// Stats is a live view of a connection.
+type Stats struct {
+	Legs       PerSide[LegStats]
+	Reconnects int
+}

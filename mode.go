@@ -1,0 +1,221 @@
+package websocket
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/terminate"
+	"github.com/caddy-websocket/caddy-websocket/internal/tunnel"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
+)
+
+// mode is what differs between relay modes along the data path.
+type mode interface {
+	name() string
+	// check refuses requests the mode cannot serve, before anything is
+	// dialled.
+	check(h *Handler, r *http.Request) *refusal
+	// request completes the backend's upgrade request in hs (hs.hdr,
+	// hs.key) from the client's.
+	request(r *http.Request, hs *handshake)
+	// answer checks the backend's 101 and sets the client's 101 headers.
+	answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal
+	// relay builds the connection's relay over the hijacked client
+	// connection and the backend's; nothing moves until its Start.
+	relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn
+}
+
+func (h *Handler) mode() mode {
+	if h.Mode == "terminate" {
+		return terminateMode{}
+	}
+	return tunnelMode{}
+}
+
+// tunnelMode relays frames verbatim: the handshake is end to end.
+type tunnelMode struct{}
+
+func (tunnelMode) name() string { return "tunnel" }
+
+func (tunnelMode) check(*Handler, *http.Request) *refusal { return nil }
+
+func (tunnelMode) request(r *http.Request, hs *handshake) {
+	hs.key = r.Header.Get("Sec-WebSocket-Key")
+}
+
+// answer passes the backend's 101 headers to the client as they came
+// (subprotocol, extensions, cookies).
+func (tunnelMode) answer(_ *Handler, _ *http.Request, hs *handshake, out http.Header) *refusal {
+	for k, v := range hs.res.Header {
+		out[k] = v
+	}
+	return nil
+}
+
+func (tunnelMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+	c.subprotocol = hs.res.Header.Get("Sec-WebSocket-Protocol")
+	c.compression = hs.res.Header.Get("Sec-WebSocket-Extensions")
+	return tunnel.New(client, hs.backend, tunnel.Config{
+		Client:  hs.pol.Client,
+		Backend: hs.pol.Backend,
+		OnClose: func(s relay.Summary) { h.closed(c, s) },
+		OnDrop:  h.learnFrom(c),
+		OnPong:  observeRTT,
+	})
+}
+
+// terminateMode completes the client's handshake itself and opens the
+// gateway's own WebSocket connection to the backend, with its own key and
+// without the client's extensions (the backend speaks plain frames).
+type terminateMode struct{}
+
+func (terminateMode) name() string { return "terminate" }
+
+func (terminateMode) check(h *Handler, r *http.Request) *refusal {
+	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
+	if len(h.Subprotocols) > 0 && !slices.ContainsFunc(offered, func(p string) bool { return slices.Contains(h.Subprotocols, p) }) {
+		return &refusal{status: http.StatusBadRequest, code: "subprotocol", header: "Sec-WebSocket-Protocol", value: strings.Join(offered, ", "),
+			reason: fmt.Sprintf("client offers none of the required subprotocols (%s)", strings.Join(h.Subprotocols, ", "))}
+	}
+	return nil
+}
+
+func (terminateMode) request(_ *http.Request, hs *handshake) {
+	hs.hdr.Del("Sec-WebSocket-Extensions")
+	hs.hdr.Set("Sec-WebSocket-Version", upgrade.Version)
+	hs.key = newKey()
+	hs.hdr.Set("Sec-WebSocket-Key", hs.key)
+}
+
+// answer makes the gateway's own 101: the subprotocol the backend chose
+// (or the first required one the client offered), permessage-deflate when
+// the client offers it, and the backend's other headers (cookies).
+func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal {
+	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
+	chosen := hs.res.Header.Get("Sec-WebSocket-Protocol")
+	switch {
+	case chosen != "" && !slices.Contains(offered, chosen):
+		return &refusal{status: http.StatusBadGateway, code: "backend_invalid", header: "Sec-WebSocket-Protocol", value: chosen,
+			reason: fmt.Sprintf("backend chose subprotocol %q, which the client did not offer", chosen)}
+	case chosen == "":
+		for _, p := range h.Subprotocols {
+			if slices.Contains(offered, p) {
+				chosen = p
+				break
+			}
+		}
+	}
+	for k, v := range hs.res.Header {
+		if !strings.HasPrefix(http.CanonicalHeaderKey(k), "Sec-Websocket-") {
+			out[k] = v
+		}
+	}
+	out.Set("Upgrade", "websocket")
+	out.Set("Connection", "Upgrade")
+	out.Set("Sec-WebSocket-Accept", upgrade.AcceptKey(r.Header.Get("Sec-WebSocket-Key")))
+	if chosen != "" {
+		out.Set("Sec-WebSocket-Protocol", chosen)
+	}
+	hs.subprotocol = chosen
+	if h.Compression != "off" && terminate.OffersDeflate(r.Header) {
+		out.Set("Sec-WebSocket-Extensions", terminate.DeflateResponse)
+		hs.deflate = true
+	}
+	return nil
+}
+
+func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+	// What answer put in the client's 101 is what the relay speaks.
+	c.subprotocol = hs.subprotocol
+	deflate := hs.deflate
+	side := h.Backend
+	if side == nil {
+		side = &Side{}
+	}
+	cfg := terminate.Config{
+		Client:            hs.pol.Client,
+		Backend:           hs.pol.Backend,
+		MaxMessageSize:    h.MaxMessageSize,
+		MaxMessageRate:    h.MaxMessageRate,
+		Deflate:           deflate,
+		Reconnect:         side.OnClose == "reconnect",
+		ReconnectAttempts: side.ReconnectAttempts,
+		ReconnectWindow:   time.Duration(side.ReconnectWindow),
+		ReconnectBuffer:   side.ReconnectBuffer,
+		OnClose:           func(s relay.Summary) { h.closed(c, s) },
+		OnDrop:            h.learnFrom(c),
+		OnPong:            observeRTT,
+		OnReconnect: func(attempt int, err error) {
+			if err != nil {
+				h.logger.Warn("websocket backend reconnect failed", zap.String("id", c.id), zap.Int("attempt", attempt), zap.Error(err))
+				return
+			}
+			countReconnect()
+			h.logger.Info("websocket backend reconnected", zap.String("id", c.id), zap.Int("attempt", attempt))
+		},
+	}
+	if deflate {
+		c.compression = "permessage-deflate"
+	}
+	if cfg.Reconnect {
+		cfg.Redial = h.redialer(hs, c.subprotocol)
+	}
+	return terminate.New(client, hs.backend, cfg)
+}
+
+// redialer returns the Redial of a terminated connection. The request is
+// kept as bytes, not as a header map: it is held for the connection's
+// life. A re-dial offers the backend only the subprotocol the client has,
+// and a key of its own.
+func (h *Handler) redialer(hs *handshake, chosen string) func(context.Context) (net.Conn, []byte, error) {
+	hdr := hs.hdr
+	if chosen != "" {
+		hdr.Set("Sec-WebSocket-Protocol", chosen)
+	} else {
+		hdr.Del("Sec-WebSocket-Protocol")
+	}
+	hdr.Del("Sec-WebSocket-Key")
+	req := writeRequest(hs.uri, hs.host, hdr)
+	head := slices.Clip(req[:len(req)-2]) // up to the blank line
+	return func(ctx context.Context) (net.Conn, []byte, error) {
+		key := newKey()
+		re := &handshake{key: key}
+		if rf := h.connectRaw(ctx, re, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
+			return nil, nil, rf
+		}
+		if re.res.StatusCode != http.StatusSwitchingProtocols {
+			re.backend.Close()
+			return nil, nil, fmt.Errorf("backend answered %s", re.res.Status)
+		}
+		return re.backend, buffered(re.br), nil
+	}
+}
+
+// tokens splits all values of a comma-separated header.
+func tokens(h http.Header, name string) []string {
+	var out []string
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+func newKey() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}

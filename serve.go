@@ -1,0 +1,259 @@
+package websocket
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
+)
+
+// IDHeader carries the connection's id to the backend, so that its logs
+// and the gateway's can be joined.
+const IDHeader = "X-Websocket-Id"
+
+// ServeHTTP takes the WebSocket upgrades of the route and passes
+// everything else to next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !upgrade.IsWebSocket(r) {
+		if h.Client != nil && h.Client.Announce {
+			h.announce(w.Header(), h.policyFor(upstream{}, r.RemoteAddr).Client)
+		}
+		return next.ServeHTTP(w, r)
+	}
+	if upgrade.IsExtendedConnect(r) {
+		// WebSocket over HTTP/2 or HTTP/3 is a stream, not a socket the
+		// tunnel could take; reverse_proxy, if next, can carry it.
+		h.logger.Debug("websocket over HTTP/2+ passed to the next handler",
+			zap.String("proto", r.Proto), zap.String("path", r.URL.Path))
+		return next.ServeHTTP(w, r)
+	}
+	return h.serveUpgrade(w, r)
+}
+
+// handshake is an upgrade on its way through the data path: what the
+// steps from the request to the relay gather.
+type handshake struct {
+	id      string
+	up      upstream
+	uri     string
+	host    string
+	hdr     http.Header // the backend's upgrade request
+	key     string      // the Sec-WebSocket-Key sent to the backend
+	backend net.Conn
+	br      *bufio.Reader // the backend's handshake reader; holds bytes past the 101
+	res     *http.Response
+	pol     relay.PerSide[timeout.Policy]
+
+	// What the gateway's own 101 chose (terminate mode).
+	subprotocol string
+	deflate     bool
+}
+
+// serveUpgrade is the data path of one upgrade, top to bottom: validate,
+// reserve, dial, backend handshake, answer the client, relay. It returns
+// once the relay runs; the connection does not keep this goroutine.
+func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
+	m := h.mode()
+	if rf := h.validate(r, m); rf != nil {
+		return h.refuse(w, r, rf)
+	}
+
+	release, rf := h.hub.reserve(requestIP(r), h.MaxConnections, h.MaxConnectionsPerIP)
+	if rf != nil {
+		w.Header().Set("Retry-After", "5")
+		return h.refuse(w, r, rf)
+	}
+	relaying := false
+	defer func() {
+		if !relaying {
+			release() // once the relay runs, the hub gives it back when it ends
+		}
+	}()
+
+	hs := &handshake{id: newID(), hdr: forwardHeaders(r)}
+	hs.uri, hs.host = requestTarget(r)
+	hs.hdr.Set(IDHeader, hs.id)
+	m.request(r, hs)
+
+	if rf := h.connect(r.Context(), hs); rf != nil {
+		return h.backendFailed(w, r, hs.up, rf)
+	}
+	if hs.res.StatusCode != http.StatusSwitchingProtocols {
+		countUpgrade("backend_refused")
+		h.passThrough(w, r, hs.up, hs.res)
+		hs.backend.Close()
+		return nil
+	}
+	h.debugHandshake(hs.id, hs.up, r.Header, hs.res.Header)
+
+	if rf := m.answer(h, r, hs, w.Header()); rf != nil {
+		hs.backend.Close()
+		return h.backendFailed(w, r, hs.up, rf)
+	}
+	hs.pol = h.policyFor(hs.up, r.RemoteAddr)
+	if h.Client != nil && h.Client.Announce {
+		h.announce(w.Header(), hs.pol.Client)
+	}
+	client, fromClient, err := h.hijack(w)
+	if err != nil {
+		hs.backend.Close()
+		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
+		return nil
+	}
+
+	c := h.newConnection(r, hs.id, hs.up)
+	c.relay = m.relay(h, c, hs, client)
+	relaying = true
+	h.opened(c)
+	c.relay.Start(fromClient, buffered(hs.br))
+	return nil
+}
+
+// validate applies the checks that need no backend: the handshake (RFC
+// 6455 §4.2.1), the Origin, and the mode's own.
+func (h *Handler) validate(r *http.Request, m mode) *refusal {
+	if err := upgrade.ValidateRequest(r); err != nil {
+		return refused(err)
+	}
+	if err := h.origins.Check(r); err != nil {
+		return refused(err)
+	}
+	return m.check(h, r)
+}
+
+// hijack answers the client with a 101 and the headers already set on w,
+// takes over its connection, and returns it with any bytes the client sent
+// past the handshake. Writing the status through the ResponseWriter lets
+// Caddy's access log record 101.
+func (h *Handler) hijack(w http.ResponseWriter) (net.Conn, []byte, error) {
+	w.WriteHeader(http.StatusSwitchingProtocols)
+	client, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	fromClient := buffered(brw.Reader)
+	client = unwrapRecorder(client)
+	// The HTTP server's read and write deadlines would otherwise stay on the
+	// socket and cut the connection off.
+	client.SetDeadline(time.Time{})
+	return client, fromClient, nil
+}
+
+// buffered returns a copy of what br has read past the handshake, so the
+// bufio buffer itself can be dropped.
+func buffered(br *bufio.Reader) []byte {
+	n := br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := br.Peek(n)
+	return append([]byte(nil), b...)
+}
+
+// requestIP is the client address Caddy determined (trusted_proxies
+// honoured), or the peer address.
+func requestIP(r *http.Request) netip.Addr {
+	if s, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			return ip.Unmap()
+		}
+	}
+	ip, _ := clientIP(r.RemoteAddr)
+	return ip.Unmap()
+}
+
+// refuse answers a refused upgrade and logs why.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, rf *refusal) error {
+	countUpgrade(rf.code)
+	h.logger.Info("websocket upgrade refused",
+		zap.Int("status", rf.status),
+		zap.String("reason", rf.reason),
+		zap.String("remote", r.RemoteAddr),
+		zap.String("path", r.URL.Path),
+		zap.String("header", rf.header),
+		zap.String("value", rf.value))
+	if rf.header == "Sec-WebSocket-Version" {
+		w.Header().Set("Sec-WebSocket-Version", upgrade.Version)
+	}
+	return h.answerError(w, r, rf)
+}
+
+// backendFailed answers a client whose backend failed the handshake.
+func (h *Handler) backendFailed(w http.ResponseWriter, r *http.Request, up upstream, rf *refusal) error {
+	countUpgrade(rf.code)
+	h.logger.Warn("websocket backend handshake failed",
+		zapUpstream(up),
+		zap.Int("status", rf.status),
+		zap.String("reason", rf.reason),
+		zap.String("path", r.URL.Path),
+		zap.String("header", rf.header),
+		zap.String("value", rf.value))
+	return h.answerError(w, r, rf)
+}
+
+// answerError hands a refusal to the site's handle_errors routes, when it
+// has some, as a caddyhttp.Error whose message is the reason; otherwise the
+// client gets the status and the reason as a one-line plain-text body.
+func (h *Handler) answerError(w http.ResponseWriter, r *http.Request, rf *refusal) error {
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		return caddyhttp.Error(rf.status, errors.New(rf.reason))
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(rf.status)
+	fmt.Fprintln(w, rf.reason)
+	return nil
+}
+
+// passThrough relays a backend's non-101 answer to the client as it came:
+// the "server gave 200 OK instead of 101" case must reach the client (and
+// the log) with the backend's own status and body.
+func (h *Handler) passThrough(w http.ResponseWriter, r *http.Request, up upstream, res *http.Response) {
+	defer res.Body.Close()
+	h.logger.Warn("websocket backend did not switch protocols",
+		zapUpstream(up),
+		zap.Int("status", res.StatusCode),
+		zap.String("path", r.URL.Path))
+	hdr := w.Header()
+	for k, v := range res.Header {
+		hdr[k] = v
+	}
+	for _, k := range hopHeaders {
+		hdr.Del(k)
+	}
+	w.WriteHeader(res.StatusCode)
+	io.Copy(w, res.Body)
+}
+
+// debugHandshake logs both handshakes' headers at debug level, with
+// credentials redacted.
+func (h *Handler) debugHandshake(id string, up upstream, req, res http.Header) {
+	if ce := h.logger.Check(zap.DebugLevel, "websocket handshake"); ce != nil {
+		ce.Write(zap.String("id", id), zapUpstream(up),
+			zap.Any("request_headers", redacted(req)), zap.Any("response_headers", redacted(res)))
+	}
+}
+
+func redacted(h http.Header) http.Header {
+	c := h.Clone()
+	for _, k := range []string{"Cookie", "Set-Cookie", "Authorization", "Proxy-Authorization"} {
+		if _, ok := c[k]; ok {
+			c[k] = []string{"REDACTED"}
+		}
+	}
+	return c
+}
+
+func zapUpstream(u upstream) zap.Field { return zap.String("upstream", u.raw) }
