@@ -10,8 +10,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 // policyFor returns the policies of a connection to upstream from a client
