@@ -23,7 +23,20 @@ const (
 // Any other wrapper is kept: it may hold bytes of its own (a PROXY
 // protocol header reader, say), and the relay then reads through it with a
 // goroutine and a small buffer.
+//
+// Recorders nest (the access log's and the metrics' each wrap the
+// connection), so it unwraps as many as there are.
 func unwrapRecorder(c net.Conn) net.Conn {
+	for {
+		inner := unwrapOne(c)
+		if inner == c {
+			return c
+		}
+		c = inner
+	}
+}
+
+func unwrapOne(c net.Conn) net.Conn {
 	v := reflect.ValueOf(c)
 	if v.Kind() != reflect.Pointer || v.IsNil() {
 		return c

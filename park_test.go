@@ -12,16 +12,29 @@ import (
 
 // TestQuietConnectionsPark checks the memory design: a connection that is
 // quiet holds no goroutine (its legs wait in the shared epoll set), and
-// wakes up for the next message, in both modes.
+// wakes up for the next message, in both modes; also on a site as
+// production runs it, with an access log and metrics on, where Caddy
+// hands the hijacked connection wrapped.
 func TestQuietConnectionsPark(t *testing.T) {
+	for _, site := range []string{"plain", "log+metrics"} {
+		t.Run(site, func(t *testing.T) { testQuietConnectionsPark(t, site) })
+	}
+}
+
+func testQuietConnectionsPark(t *testing.T, site string) {
 	wstest.NoLeaks(t)
 	echo := echoBackend(t)
-	addr := wstest.StartCaddy(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	global, logDirective := "", ""
+	if site == "log+metrics" {
+		global, logDirective = "\tmetrics", "log {\n\t\t\toutput discard\n\t\t}"
+	}
+	addr, _ := wstest.StartCaddyGlobal(t, global, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		%s
 		websocket /tunnel %s
 		websocket /terminate %s {
 			mode terminate
 		}
-	}`, hostOf(echo), hostOf(echo)))
+	}`, logDirective, hostOf(echo), hostOf(echo)))
 	for _, mode := range []string{"tunnel", "terminate"} {
 		t.Run(mode, func(t *testing.T) {
 			const n = 40

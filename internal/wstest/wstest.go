@@ -63,7 +63,20 @@ func StartCaddyAdmin(t testing.TB, sites string) (addr, admin string) {
 	return startCaddy(t, sites, 1, admin)[0], admin
 }
 
+// StartCaddyGlobal is StartCaddyAdmin with more global options (such as
+// "metrics") inside Caddy's global block.
+func StartCaddyGlobal(t testing.TB, global, sites string) (addr, admin string) {
+	t.Helper()
+	admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	return startCaddyGlobal(t, global, sites, 1, admin)[0], admin
+}
+
 func startCaddy(t testing.TB, sites string, n int, admin string) []string {
+	t.Helper()
+	return startCaddyGlobal(t, "", sites, n, admin)
+}
+
+func startCaddyGlobal(t testing.TB, global, sites string, n int, admin string) []string {
 	t.Helper()
 	var addrs []string
 	for i := 1; i <= n; i++ {
@@ -77,7 +90,7 @@ func startCaddy(t testing.TB, sites string, n int, admin string) []string {
 	// Caddy's log goes to a file that is shown only when the test fails.
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n"+
-		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", admin, logFile) + sites
+		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n%s\n}\n", admin, logFile, global) + sites
 	LoadCaddyfile(t, cf)
 	logFiles.Store(t.Name(), logFile)
 	t.Cleanup(func() {
