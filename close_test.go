@@ -74,7 +74,7 @@ func testClosePromptly(t *testing.T, site, mode, closer string) {
 			mode %s
 			%s
 		}
-	}`, logDirective, backend.Addr, mode, opts))
+	}`, logDirective, backend.Addr, mode, opts), closer == "admin")
 	p, res := wstest.Dial(t, addr, "")
 	if p == nil {
 		t.Fatalf("upgrade: %d", res.StatusCode)

@@ -140,7 +140,7 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 	deflate := hs.deflate
 	side := h.Backend
 	if side == nil {
-		side = &Side{}
+		side = &LegConfig{}
 	}
 	cfg := terminate.Config{
 		Client:            hs.pol.Client,

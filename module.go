@@ -10,7 +10,6 @@
 package websocket
 
 import (
-	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -21,7 +20,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	wscaddyfile "github.com/caddy-websocket/caddy-websocket/internal/caddyfile"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
@@ -30,9 +28,14 @@ import (
 func init() {
 	caddy.RegisterModule(Handler{})
 	httpcaddyfile.RegisterHandlerDirective("websocket", parseCaddyfile)
-	// Before reverse_proxy, so that one route can proxy a site's pages and
-	// hand its upgrades to the gateway.
-	httpcaddyfile.RegisterDirectiveOrder("websocket", httpcaddyfile.Before, "reverse_proxy")
+	// After the directives that rewrite, authenticate and wrap requests
+	// (rewrite, uri, basic_auth, forward_auth, encode, templates), before
+	// the routing blocks and every handler that responds (handle, route,
+	// respond, reverse_proxy, php_fastcgi, file_server): websocket is
+	// middleware that takes upgrades and passes the rest on, so beside any
+	// of them it must see the request first.
+	httpcaddyfile.RegisterDirectiveOrder("websocket", httpcaddyfile.Before, "invoke")
+	httpcaddyfile.RegisterDirectiveOrder("websocket_status", httpcaddyfile.Before, "invoke")
 }
 
 // Defaults of the options, as documented on the fields.
@@ -143,10 +146,10 @@ type Handler struct {
 	MaxMessageRate float64 `json:"max_message_rate,omitempty"`
 
 	// Client is the idle-timeout policy of the client leg.
-	Client *Side `json:"client,omitempty"`
+	Client *LegConfig `json:"client,omitempty"`
 
 	// Backend is the idle-timeout policy of the backend leg.
-	Backend *Side `json:"backend,omitempty"`
+	Backend *LegConfig `json:"backend,omitempty"`
 
 	origins  upgrade.Origins
 	upstream []upstream
@@ -157,8 +160,9 @@ type Handler struct {
 	logger   *zap.Logger
 }
 
-// Side is the idle-timeout policy of one leg of a connection.
-type Side struct {
+// LegConfig is the idle-timeout policy of one leg of a connection, and
+// (backend leg, terminate mode) what happens when it drops.
+type LegConfig struct {
 	// Keepalive sends a Ping to this side after this much silence on its
 	// leg (nothing received from it, or nothing sent to it), or up to 10%
 	// sooner: each connection draws its own share, so connections opened
@@ -221,9 +225,9 @@ type Side struct {
 	ReconnectBuffer int64 `json:"reconnect_buffer,omitempty"`
 }
 
-func (s *Side) policy() timeout.Policy {
+func (s *LegConfig) policy() timeout.Policy {
 	if s == nil {
-		s = &Side{}
+		s = &LegConfig{}
 	}
 	if s.Keepalive == Auto {
 		return timeout.Policy{
@@ -243,7 +247,7 @@ func (s *Side) policy() timeout.Policy {
 
 type bounds struct{ min, max time.Duration }
 
-func (s *Side) bounds() bounds {
+func (s *LegConfig) bounds() bounds {
 	b := bounds{time.Second, DefaultKeepalive}
 	if s != nil && s.KeepaliveMin > 0 {
 		b.min = time.Duration(s.KeepaliveMin)
@@ -254,7 +258,7 @@ func (s *Side) bounds() bounds {
 	return b
 }
 
-func (s *Side) auto() bool { return s != nil && s.Keepalive == Auto }
+func (s *LegConfig) auto() bool { return s != nil && s.Keepalive == Auto }
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -298,30 +302,28 @@ func (h *Handler) Validate() error {
 	if len(h.To) == 0 {
 		return fmt.Errorf("websocket: no upstream: set 'to'")
 	}
-	switch h.Mode {
-	case "", "tunnel":
+	if err := checkMode(h.Mode); err != nil {
+		return fmt.Errorf("websocket: mode: %v", err)
+	}
+	if err := checkCompression(h.Compression); err != nil {
+		return fmt.Errorf("websocket: compression: %v", err)
+	}
+	if err := checkLBPolicy(h.LBPolicy); err != nil {
+		return fmt.Errorf("websocket: lb_policy: %v", err)
+	}
+	if h.Mode != "terminate" {
 		switch {
 		case h.MaxMessageSize != 0, h.Compression != "", len(h.Subprotocols) > 0,
 			h.Client != nil && h.Client.OnClose != "", h.Backend != nil && h.Backend.OnClose != "":
 			return fmt.Errorf("websocket: max_message_size, compression, subprotocols and on_close need mode terminate (a tunnel relays frames as they are)")
 		}
-	case "terminate":
-	default:
-		return fmt.Errorf("websocket: unknown mode %q (want tunnel or terminate)", h.Mode)
-	}
-	switch h.Compression {
-	case "", "on", "off":
-	default:
-		return fmt.Errorf("websocket: compression %q: want on or off", h.Compression)
 	}
 	if h.Client != nil && h.Client.OnClose != "" {
 		return fmt.Errorf("websocket: on_close belongs in the backend block")
 	}
 	if h.Backend != nil {
-		switch h.Backend.OnClose {
-		case "", "close", "reconnect":
-		default:
-			return fmt.Errorf("websocket: on_close %q: want close or reconnect", h.Backend.OnClose)
+		if err := checkOnClose(h.Backend.OnClose); err != nil {
+			return fmt.Errorf("websocket: on_close: %v", err)
 		}
 	}
 	if h.MaxMessageSize < 0 {
@@ -335,7 +337,7 @@ func (h *Handler) Validate() error {
 	}
 	for _, sd := range []struct {
 		name string
-		s    *Side
+		s    *LegConfig
 	}{{"client", h.Client}, {"backend", h.Backend}} {
 		if sd.s == nil {
 			continue
@@ -349,11 +351,6 @@ func (h *Handler) Validate() error {
 		if sd.s.Announce && sd.name == "backend" {
 			return fmt.Errorf("websocket: announce belongs in the client block")
 		}
-	}
-	switch h.LBPolicy {
-	case "", "first", "round_robin":
-	default:
-		return fmt.Errorf("websocket: unknown lb_policy %q (want first or round_robin)", h.LBPolicy)
 	}
 	return nil
 }
@@ -371,68 +368,6 @@ func (h *Handler) Cleanup() error {
 	h.holdsHub = false
 	h.hub.retire(h)
 	return releaseHub()
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	websocket [<matcher>] [<upstreams...>] {
-//	    to <upstreams...>
-//	    mode tunnel|terminate
-//	    lb_policy first|round_robin
-//	    dial_timeout <duration>
-//	    handshake_timeout <duration>
-//	    origins <origins...>
-//	    max_message_size <size>
-//	    compression on|off
-//	    subprotocols <names...>
-//	    max_lifetime <duration>
-//	    close_reason <text>
-//	    reload_close_delay <duration>
-//	    max_connections <n>
-//	    max_connections_per_ip <n>
-//	    max_message_rate <n>
-//	    client {
-//	        keepalive <interval>|off|auto
-//	        keepalive_min <duration>
-//	        keepalive_max <duration>
-//	        pong_timeout <duration>
-//	        idle_timeout <duration>|off
-//	        write_timeout <duration>|off
-//	        announce
-//	    }
-//	    backend {
-//	        keepalive <interval>|off|auto
-//	        keepalive_min <duration>
-//	        keepalive_max <duration>
-//	        pong_timeout <duration>
-//	        idle_timeout <duration>|off
-//	        write_timeout <duration>|off
-//	        on_close close|reconnect
-//	        reconnect_attempts <n>
-//	        reconnect_window <duration>
-//	        reconnect_buffer <size>
-//	    }
-//	}
-//
-// max_message_size, compression, subprotocols and the on_close/reconnect
-// options apply in mode terminate.
-// Upstreams may be given on the directive line, with to, or both.
-func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	cfg, err := wscaddyfile.Parse(d)
-	if err != nil {
-		return err
-	}
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, h)
-}
-
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	var ws Handler
-	err := ws.UnmarshalCaddyfile(h.Dispenser)
-	return &ws, err
 }
 
 // Interface guards

@@ -34,7 +34,7 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 		websocket /terminate %s {
 			mode terminate
 		}
-	}`, logDirective, hostOf(echo), hostOf(echo)))
+	}`, logDirective, hostOf(echo), hostOf(echo)), false)
 	for _, mode := range []string{"tunnel", "terminate"} {
 		t.Run(mode, func(t *testing.T) {
 			const n = 40

@@ -17,7 +17,6 @@ func init() {
 		var s Status
 		return &s, s.UnmarshalCaddyfile(h.Dispenser)
 	})
-	httpcaddyfile.RegisterDirectiveOrder("websocket_status", httpcaddyfile.Before, "reverse_proxy")
 }
 
 // Status is Caddy module http.handlers.websocket_status: the admin API's

@@ -63,11 +63,15 @@ func StartCaddyAdmin(t testing.TB, sites string) (addr, admin string) {
 	return startCaddy(t, sites, 1, admin)[0], admin
 }
 
-// StartCaddyGlobal is StartCaddyAdmin with more global options (such as
-// "metrics") inside Caddy's global block.
-func StartCaddyGlobal(t testing.TB, global, sites string) (addr, admin string) {
+// StartCaddyGlobal is StartCaddy with more global options (such as
+// "metrics") inside Caddy's global block, and with withAdmin the admin
+// endpoint on a free loopback port, whose address it returns second.
+func StartCaddyGlobal(t testing.TB, global, sites string, withAdmin bool) (addr, admin string) {
 	t.Helper()
-	admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	admin = "off"
+	if withAdmin {
+		admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	}
 	return startCaddyGlobal(t, global, sites, 1, admin)[0], admin
 }
 

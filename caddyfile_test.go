@@ -1,4 +1,4 @@
-package caddyfile_test
+package websocket_test
 
 import (
 	"encoding/json"
@@ -7,8 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	_ "github.com/caddy-websocket/caddy-websocket"
 )
 
 func adapt(t *testing.T, body string) (map[string]any, error) {

@@ -1,0 +1,327 @@
+package websocket
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	websocket [<matcher>] [<upstreams...>] {
+//	    to <upstreams...>
+//	    mode tunnel|terminate
+//	    lb_policy first|round_robin
+//	    dial_timeout <duration>
+//	    handshake_timeout <duration>
+//	    origins <origins...>
+//	    max_message_size <size>
+//	    compression on|off
+//	    subprotocols <names...>
+//	    max_lifetime <duration>
+//	    close_reason <text>
+//	    reload_close_delay <duration>
+//	    max_connections <n>
+//	    max_connections_per_ip <n>
+//	    max_message_rate <n>
+//	    client {
+//	        keepalive <interval>|off|auto
+//	        keepalive_min <duration>
+//	        keepalive_max <duration>
+//	        pong_timeout <duration>
+//	        idle_timeout <duration>|off
+//	        write_timeout <duration>|off
+//	        announce
+//	    }
+//	    backend {
+//	        keepalive <interval>|off|auto
+//	        keepalive_min <duration>
+//	        keepalive_max <duration>
+//	        pong_timeout <duration>
+//	        idle_timeout <duration>|off
+//	        write_timeout <duration>|off
+//	        on_close close|reconnect
+//	        reconnect_attempts <n>
+//	        reconnect_window <duration>
+//	        reconnect_buffer <size>
+//	    }
+//	}
+//
+// Upstreams may be given on the directive line, with to, or both. Values
+// are checked as they are read, with the same checks Validate applies, so
+// a mistake is reported with its file and line.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	h.To = append(h.To, d.RemainingArgs()...)
+	for d.NextBlock(0) {
+		opt := d.Val()
+		var err error
+		switch opt {
+		case "to":
+			err = strings1(d, &h.To)
+		case "mode":
+			err = choice(d, &h.Mode, checkMode)
+		case "lb_policy":
+			err = choice(d, &h.LBPolicy, checkLBPolicy)
+		case "compression":
+			err = choice(d, &h.Compression, checkCompression)
+		case "dial_timeout":
+			err = duration(d, &h.DialTimeout)
+		case "handshake_timeout":
+			err = duration(d, &h.HandshakeTimeout)
+		case "max_lifetime":
+			err = duration(d, &h.MaxLifetime)
+		case "reload_close_delay":
+			err = duration(d, &h.ReloadCloseDelay)
+		case "max_connections":
+			err = count(d, &h.MaxConnections)
+		case "max_connections_per_ip":
+			err = count(d, &h.MaxConnectionsPerIP)
+		case "max_message_rate":
+			err = rate(d, &h.MaxMessageRate)
+		case "close_reason":
+			err = oneArg(d, &h.CloseReason)
+		case "max_message_size":
+			err = size(d, &h.MaxMessageSize)
+		case "subprotocols":
+			err = strings1(d, &h.Subprotocols)
+		case "origins":
+			err = strings1(d, &h.Origins)
+		case "client":
+			h.Client, err = legBlock(d, opt)
+		case "backend":
+			h.Backend, err = legBlock(d, opt)
+		default:
+			return d.Errf("unrecognized websocket option %q", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(h.To) == 0 {
+		return d.Err("websocket needs at least one upstream: websocket [<matcher>] <upstreams...> or 'to <upstreams...>' in its block")
+	}
+	return nil
+}
+
+// legBlock reads a client or backend block.
+func legBlock(d *caddyfile.Dispenser, name string) (*LegConfig, error) {
+	if d.CountRemainingArgs() > 0 {
+		return nil, d.Errf("%s takes a block, not arguments", name)
+	}
+	l := &LegConfig{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if where := legOptionSide[opt]; where != "" && where != name {
+			return nil, d.Errf("%s belongs in the %s block", opt, where)
+		}
+		var err error
+		switch opt {
+		case "keepalive":
+			err = timeoutArg(d, &l.Keepalive, true, true)
+		case "idle_timeout":
+			err = timeoutArg(d, &l.IdleTimeout, true, false)
+		case "write_timeout":
+			err = timeoutArg(d, &l.WriteTimeout, true, false)
+		case "pong_timeout":
+			err = timeoutArg(d, &l.PongTimeout, false, false)
+		case "keepalive_min":
+			err = duration(d, &l.KeepaliveMin)
+		case "keepalive_max":
+			err = duration(d, &l.KeepaliveMax)
+		case "announce":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			l.Announce = true
+		case "on_close":
+			err = choice(d, &l.OnClose, checkOnClose)
+		case "reconnect_attempts":
+			err = count(d, &l.ReconnectAttempts)
+		case "reconnect_window":
+			err = duration(d, &l.ReconnectWindow)
+		case "reconnect_buffer":
+			err = size(d, &l.ReconnectBuffer)
+		default:
+			return nil, d.Errf("unrecognized option %q in websocket %s block", opt, name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// legOptionSide names the one block an option belongs in.
+var legOptionSide = map[string]string{
+	"announce":           "client",
+	"on_close":           "backend",
+	"reconnect_attempts": "backend",
+	"reconnect_window":   "backend",
+	"reconnect_buffer":   "backend",
+}
+
+func strings1(d *caddyfile.Dispenser, dst *[]string) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	*dst = append(*dst, args...)
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	opt := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes one value, got another: %q", opt, d.Val())
+	}
+	*dst = v
+	return nil
+}
+
+// choice reads one value that check accepts.
+func choice(d *caddyfile.Dispenser, dst *string, check func(string) error) error {
+	opt := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	if err := check(v); err != nil {
+		return d.Errf("%s: %v", opt, err)
+	}
+	*dst = v
+	return nil
+}
+
+func duration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return d.Errf("%s: bad duration %q (want e.g. 10s, 1m30s)", opt, v)
+	}
+	if dur <= 0 {
+		return d.Errf("%s: duration must be positive, got %q", opt, v)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// timeoutArg reads a Timeout: a duration, "off" when offOK, "auto" when
+// autoOK.
+func timeoutArg(d *caddyfile.Dispenser, dst *Timeout, offOK, autoOK bool) error {
+	opt := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	switch {
+	case v == "off" && offOK:
+		*dst = Off
+		return nil
+	case v == "auto" && autoOK:
+		*dst = Auto
+		return nil
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		switch {
+		case autoOK:
+			return d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, off or auto)", opt, v)
+		case offOK:
+			return d.Errf("%s: bad duration %q (want e.g. 20s, 1m30s, or off)", opt, v)
+		}
+		return d.Errf("%s: bad duration %q (want e.g. 10s, 1m30s)", opt, v)
+	}
+	if dur <= 0 {
+		return d.Errf("%s: duration must be positive, got %q", opt, v)
+	}
+	*dst = Timeout(dur)
+	return nil
+}
+
+// size reads a size ("1MiB", "64KB", "1000") as bytes.
+func size(d *caddyfile.Dispenser, dst *int64) error {
+	opt := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n == 0 || n > 1<<40 {
+		return d.Errf("%s: bad size %q (want e.g. 1MiB, 64KB)", opt, v)
+	}
+	*dst = int64(n)
+	return nil
+}
+
+// count reads a positive whole number.
+func count(d *caddyfile.Dispenser, dst *int) error {
+	opt := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return d.Errf("%s: bad count %q (want a positive whole number)", opt, v)
+	}
+	*dst = n
+	return nil
+}
+
+func rate(d *caddyfile.Dispenser, dst *float64) error {
+	opt := d.Val()
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	n, err := strconv.ParseFloat(v, 64)
+	if err != nil || n <= 0 {
+		return d.Errf("%s: bad rate %q (want messages per second, e.g. 50)", opt, v)
+	}
+	*dst = n
+	return nil
+}
+
+// The checks of enumerated options, shared by the Caddyfile and Validate.
+
+func checkMode(v string) error { return oneOf(v, "tunnel", "terminate") }
+
+func checkLBPolicy(v string) error { return oneOf(v, "first", "round_robin") }
+
+func checkCompression(v string) error { return oneOf(v, "on", "off") }
+
+func checkOnClose(v string) error { return oneOf(v, "close", "reconnect") }
+
+// oneOf accepts one of choices, or "" (not set).
+func oneOf(v string, choices ...string) error {
+	if v == "" {
+		return nil
+	}
+	for _, c := range choices {
+		if v == c {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown value %q (want %s)", v, strings.Join(choices, " or "))
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var ws Handler
+	err := ws.UnmarshalCaddyfile(h.Dispenser)
+	return &ws, err
+}
