@@ -1,0 +1,164 @@
+package websocket
+
+import (
+	"context"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// TestForwardedFor: the client's address is appended to X-Forwarded-For
+// only when Caddy trusts the peer as a proxy; otherwise a client's own
+// X-Forwarded-* headers are replaced, so it cannot spoof them.
+func TestForwardedFor(t *testing.T) {
+	for _, tc := range []struct {
+		trusted            bool
+		wantXFF, wantProto string
+		wantHost           string
+	}{
+		{false, "10.0.0.9", "http", "chat.example"},
+		{true, "1.2.3.4, 10.0.0.9", "https", "outer.example"},
+	} {
+		r := httptest.NewRequest("GET", "http://chat.example/ws", nil)
+		r.RemoteAddr = "10.0.0.9:5555"
+		r.Header.Set("X-Forwarded-For", "1.2.3.4")
+		r.Header.Set("X-Forwarded-Proto", "https")
+		r.Header.Set("X-Forwarded-Host", "outer.example")
+		r.Header.Set("Connection", "Upgrade, X-Hop")
+		r.Header.Set("X-Hop", "secret")
+		r.Header.Set("Upgrade", "websocket")
+		ctx := context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.TrustedProxyVarKey: tc.trusted})
+		hdr := forwardHeaders(r.WithContext(ctx))
+		if got := hdr.Get("X-Forwarded-For"); got != tc.wantXFF {
+			t.Errorf("trusted=%v: X-Forwarded-For %q, want %q", tc.trusted, got, tc.wantXFF)
+		}
+		if got := hdr.Get("X-Forwarded-Proto"); got != tc.wantProto {
+			t.Errorf("trusted=%v: X-Forwarded-Proto %q, want %q", tc.trusted, got, tc.wantProto)
+		}
+		if got := hdr.Get("X-Forwarded-Host"); got != tc.wantHost {
+			t.Errorf("trusted=%v: X-Forwarded-Host %q, want %q", tc.trusted, got, tc.wantHost)
+		}
+		if hdr.Get("X-Hop") != "" || hdr.Get("Connection") != "Upgrade" {
+			t.Errorf("hop-by-hop headers forwarded: %v", hdr)
+		}
+	}
+}
+
+// TestParseUpstream covers every accepted form and the refusals.
+func TestParseUpstream(t *testing.T) {
+	for in, want := range map[string]upstream{
+		"127.0.0.1:9000":      {"tcp", "127.0.0.1:9000", "127.0.0.1:9000"},
+		"ws://chat.internal":  {"tcp", "chat.internal:80", "ws://chat.internal"},
+		"http://[::1]:81":     {"tcp", "[::1]:81", "http://[::1]:81"},
+		"unix//run/chat.sock": {"unix", "/run/chat.sock", "unix//run/chat.sock"},
+	} {
+		got, err := parseUpstream(in)
+		if err != nil || got != want {
+			t.Errorf("%q: %+v %v, want %+v", in, got, err, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"ws://chat/path": "a path is not allowed",
+		"ftp://chat:21":  "unknown scheme",
+		"chat":           "want host:port",
+	} {
+		if _, err := parseUpstream(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", in, err, want)
+		}
+	}
+}
+
+// TestRoundRobin: each dial starts one further along the list, and an
+// upstream that cannot be dialled is skipped for the next; with first, the
+// first reachable one always wins.
+func TestRoundRobin(t *testing.T) {
+	var accepted [3]atomic.Int32
+	var addrs []string
+	for i := range 3 {
+		if i == 1 {
+			// A port with nothing behind it.
+			l, _ := net.Listen("tcp", "127.0.0.1:0")
+			addrs = append(addrs, l.Addr().String())
+			l.Close()
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				accepted[i].Add(1)
+				c.Close()
+			}
+		}()
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, policy := range []string{"round_robin", "first"} {
+		h := &Handler{To: addrs, LBPolicy: policy, rr: new(atomic.Uint64), logger: zap.NewNop()}
+		for _, a := range addrs {
+			u, _ := parseUpstream(a)
+			h.upstream = append(h.upstream, u)
+		}
+		var order []string
+		for range 6 {
+			c, up, rf := h.dial(context.Background())
+			if rf != nil {
+				t.Fatal(rf)
+			}
+			c.Close()
+			order = append(order, up.raw)
+		}
+		want := []string{addrs[0], addrs[2], addrs[2], addrs[0], addrs[2], addrs[2]}
+		if policy == "first" {
+			want = []string{addrs[0], addrs[0], addrs[0], addrs[0], addrs[0], addrs[0]}
+		}
+		if strings.Join(order, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: dialled %v, want %v", policy, order, want)
+		}
+	}
+}
+
+// TestValidate: every combination the handler refuses, with its reason.
+func TestValidate(t *testing.T) {
+	to := []string{"127.0.0.1:9000"}
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{}, "no upstream"},
+		{Handler{To: to, Mode: "bridge"}, `mode: unknown value "bridge"`},
+		{Handler{To: to, MaxMessageSize: 10}, "need mode terminate"},
+		{Handler{To: to, Compression: "off"}, "need mode terminate"},
+		{Handler{To: to, MaxMessageRate: 5}, "needs mode terminate"},
+		{Handler{To: to, Mode: "terminate", Compression: "max"}, `compression: unknown value "max"`},
+		{Handler{To: to, LBPolicy: "fastest"}, `lb_policy: unknown value "fastest"`},
+		{Handler{To: to, Mode: "terminate", Client: &LegConfig{OnClose: "reconnect"}}, "on_close belongs in the backend block"},
+		{Handler{To: to, Mode: "terminate", Backend: &LegConfig{OnClose: "retry"}}, `on_close: unknown value "retry"`},
+		{Handler{To: to, Client: &LegConfig{PongTimeout: Auto}}, "only keepalive can be auto"},
+		{Handler{To: to, Backend: &LegConfig{KeepaliveMin: caddy.Duration(time.Minute), KeepaliveMax: caddy.Duration(time.Second)}}, "keepalive_min 1m0s is above keepalive_max 1s"},
+		{Handler{To: to, Backend: &LegConfig{Announce: true}}, "announce belongs in the client block"},
+		{Handler{To: to, MaxConnections: -1}, "must be positive"},
+	} {
+		err := tc.h.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.h, err, tc.want)
+		}
+	}
+	ok := Handler{To: to, Mode: "terminate", Compression: "off", Backend: &LegConfig{OnClose: "reconnect", Keepalive: Auto}}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("valid config refused: %v", err)
+	}
+}
