@@ -157,6 +157,7 @@ func forwardHeaders(r *http.Request) http.Header {
 	}
 	hdr.Set("Connection", "Upgrade")
 	hdr.Set("Upgrade", "websocket")
+	hdr.Del(":protocol") // an HTTP/2 extended CONNECT's, kept in the map by Go's server
 
 	// Like reverse_proxy: extend X-Forwarded-* only when the request came
 	// through a trusted proxy, otherwise replace what the client claimed.
@@ -187,7 +188,7 @@ func forwardHeaders(r *http.Request) http.Header {
 // client's own, so the backend sees the path and query it was asked for.
 func requestTarget(r *http.Request) (uri, host string) {
 	uri = r.RequestURI
-	if uri == "" || strings.Contains(uri, "://") {
+	if uri == "" || strings.Contains(uri, "://") || r.Method == http.MethodConnect {
 		uri = r.URL.RequestURI()
 	}
 	return uri, r.Host

@@ -49,17 +49,37 @@ func (tunnelMode) name() string { return "tunnel" }
 
 func (tunnelMode) check(*Handler, *http.Request) *refusal { return nil }
 
+// request passes the client's key on; a stream client has none, so the
+// gateway makes one for the backend's HTTP/1.1 upgrade.
 func (tunnelMode) request(r *http.Request, hs *handshake) {
 	hs.key = r.Header.Get("Sec-WebSocket-Key")
+	if hs.extended {
+		hs.key = newKey()
+		hs.hdr.Set("Sec-WebSocket-Key", hs.key)
+	}
 }
 
 // answer passes the backend's 101 headers to the client as they came
-// (subprotocol, extensions, cookies).
+// (subprotocol, extensions, cookies); a stream's 200 has no upgrade
+// headers and no accept key.
 func (tunnelMode) answer(_ *Handler, _ *http.Request, hs *handshake, out http.Header) *refusal {
 	for k, v := range hs.res.Header {
 		out[k] = v
 	}
+	if hs.extended {
+		dropUpgradeHeaders(out)
+	}
 	return nil
+}
+
+// dropUpgradeHeaders removes what an HTTP/1.1 upgrade answer has and an
+// extended CONNECT answer must not (connection-specific fields are
+// malformed in HTTP/2 and HTTP/3).
+func dropUpgradeHeaders(h http.Header) {
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	h.Del("Sec-WebSocket-Accept")
 }
 
 func (tunnelMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
@@ -120,9 +140,13 @@ func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http
 			out[k] = v
 		}
 	}
-	out.Set("Upgrade", "websocket")
-	out.Set("Connection", "Upgrade")
-	out.Set("Sec-WebSocket-Accept", upgrade.AcceptKey(r.Header.Get("Sec-WebSocket-Key")))
+	if hs.extended {
+		dropUpgradeHeaders(out)
+	} else {
+		out.Set("Upgrade", "websocket")
+		out.Set("Connection", "Upgrade")
+		out.Set("Sec-WebSocket-Accept", upgrade.AcceptKey(r.Header.Get("Sec-WebSocket-Key")))
+	}
 	if chosen != "" {
 		out.Set("Sec-WebSocket-Protocol", chosen)
 	}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/stream"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
@@ -25,26 +26,25 @@ const IDHeader = "X-Websocket-Id"
 // ServeHTTP takes the WebSocket upgrades of the route and passes
 // everything else to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !upgrade.IsWebSocket(r) {
+	if !upgrade.IsExtendedConnect(r) && !upgrade.IsWebSocket(r) {
 		if h.Client != nil && h.Client.Announce {
 			h.announce(w.Header(), h.policyFor(upstream{}, r.RemoteAddr).Client)
 		}
 		return next.ServeHTTP(w, r)
 	}
-	if upgrade.IsExtendedConnect(r) {
-		// WebSocket over HTTP/2 or HTTP/3 is a stream, not a socket the
-		// tunnel could take; reverse_proxy, if next, can carry it.
-		h.logger.Debug("websocket over HTTP/2+ passed to the next handler",
-			zap.String("proto", r.Proto), zap.String("path", r.URL.Path))
-		return next.ServeHTTP(w, r)
-	}
+	// Every WebSocket attempt is the gateway's, whatever the HTTP version:
+	// served, or refused with a reason, never handed on.
 	return h.serveUpgrade(w, r)
 }
 
 // handshake is an upgrade on its way through the data path: what the
 // steps from the request to the relay gather.
 type handshake struct {
-	id      string
+	// extended: the client opened the WebSocket as an HTTP/2 or HTTP/3
+	// extended CONNECT stream (answered 200, no key); the backend still
+	// gets an HTTP/1.1 upgrade.
+	extended bool
+	id       string
 	up      upstream
 	uri     string
 	host    string
@@ -81,7 +81,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		}
 	}()
 
-	hs := &handshake{id: newID(), hdr: forwardHeaders(r)}
+	hs := &handshake{id: newID(), hdr: forwardHeaders(r), extended: upgrade.IsExtendedConnect(r)}
 	hs.uri, hs.host = requestTarget(r)
 	hs.hdr.Set(IDHeader, hs.id)
 	m.request(r, hs)
@@ -105,7 +105,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	if h.Client != nil && h.Client.Announce {
 		h.announce(w.Header(), hs.pol.Client)
 	}
-	client, fromClient, err := h.hijack(w)
+	client, fromClient, wait, err := h.takeOver(w, r, hs.extended)
 	if err != nil {
 		hs.backend.Close()
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
@@ -117,13 +117,34 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	relaying = true
 	h.opened(c)
 	c.relay.Start(fromClient, buffered(hs.br))
+	wait()
 	return nil
+}
+
+// takeOver answers the client and takes its connection: a hijacked
+// HTTP/1.1 socket (101), or an HTTP/2 or HTTP/3 stream (200), which lives
+// only while the handler runs, so wait blocks until the relay is done with
+// it.
+func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, extended bool) (client net.Conn, fromClient []byte, wait func(), err error) {
+	if !extended {
+		client, fromClient, err = h.hijack(w)
+		return client, fromClient, func() {}, err
+	}
+	sc, err := stream.Serve(w, r)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return sc, nil, func() { <-sc.Done() }, nil
 }
 
 // validate applies the checks that need no backend: the handshake (RFC
 // 6455 §4.2.1), the Origin, and the mode's own.
 func (h *Handler) validate(r *http.Request, m mode) *refusal {
-	if err := upgrade.ValidateRequest(r); err != nil {
+	check := upgrade.ValidateRequest
+	if upgrade.IsExtendedConnect(r) {
+		check = upgrade.ValidateExtendedConnect
+	}
+	if err := check(r); err != nil {
 		return refused(err)
 	}
 	if err := h.origins.Check(r); err != nil {

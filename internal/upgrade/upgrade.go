@@ -56,11 +56,53 @@ func IsWebSocket(r *http.Request) bool {
 		r.Header.Get("Sec-WebSocket-Version") != ""
 }
 
-// IsExtendedConnect reports whether r is an RFC 8441 WebSocket over HTTP/2 (or
-// RFC 9220 over HTTP/3) request, which the gateway does not terminate itself.
+// IsExtendedConnect reports whether r opens a WebSocket as an extended
+// CONNECT stream: RFC 8441 over HTTP/2 (Go's server keeps the :protocol
+// pseudo-header in the header map) or RFC 9220 over HTTP/3 (quic-go puts
+// it in r.Proto), as Caddy's reverse_proxy recognises them.
 func IsExtendedConnect(r *http.Request) bool {
-	return r.ProtoMajor >= 2 && r.Method == http.MethodConnect &&
-		strings.EqualFold(r.Header.Get(":protocol"), "websocket")
+	if r.Method != http.MethodConnect {
+		return false
+	}
+	switch r.ProtoMajor {
+	case 2:
+		return strings.EqualFold(r.Header.Get(":protocol"), "websocket")
+	case 3:
+		return strings.EqualFold(r.Proto, "websocket")
+	}
+	return false
+}
+
+// ValidateExtendedConnect checks a WebSocket extended CONNECT request (RFC
+// 8441 §4-5, RFC 9220 §3): the version is 13 and there is no
+// Sec-WebSocket-Key, since the stream needs no key or accept. It returns nil
+// for a valid request; the request's own form (method, :protocol) is what
+// IsExtendedConnect checked.
+func ValidateExtendedConnect(r *http.Request) *Error {
+	if e := checkVersion(r); e != nil {
+		return e
+	}
+	if ks := r.Header.Values("Sec-WebSocket-Key"); len(ks) > 0 {
+		return refuse(http.StatusBadRequest, "key", "Sec-WebSocket-Key", strings.Join(ks, ", "),
+			"a WebSocket over HTTP/2 or HTTP/3 must not carry Sec-WebSocket-Key (RFC 8441 §5)")
+	}
+	return nil
+}
+
+func checkVersion(r *http.Request) *Error {
+	switch vs := r.Header.Values("Sec-WebSocket-Version"); {
+	case len(vs) == 0:
+		return refuse(http.StatusBadRequest, "version", "Sec-WebSocket-Version", "",
+			"missing Sec-WebSocket-Version header: want 13")
+	case len(vs) > 1:
+		v := strings.Join(vs, ", ")
+		return refuse(http.StatusBadRequest, "version", "Sec-WebSocket-Version", v,
+			"more than one Sec-WebSocket-Version header: %q", v)
+	case strings.TrimSpace(vs[0]) != Version:
+		return refuse(http.StatusUpgradeRequired, "version", "Sec-WebSocket-Version", vs[0],
+			"unsupported Sec-WebSocket-Version %q: this server speaks 13", vs[0])
+	}
+	return nil
 }
 
 // ValidateRequest checks a client's upgrade request against RFC 6455 §4.2.1.
@@ -86,17 +128,8 @@ func ValidateRequest(r *http.Request) *Error {
 		return refuse(http.StatusBadRequest, "connection", "Connection", v,
 			"bad Connection header %q: it must contain the token upgrade", v)
 	}
-	switch vs := r.Header.Values("Sec-WebSocket-Version"); {
-	case len(vs) == 0:
-		return refuse(http.StatusBadRequest, "version", "Sec-WebSocket-Version", "",
-			"missing Sec-WebSocket-Version header: want 13")
-	case len(vs) > 1:
-		v := strings.Join(vs, ", ")
-		return refuse(http.StatusBadRequest, "version", "Sec-WebSocket-Version", v,
-			"more than one Sec-WebSocket-Version header: %q", v)
-	case strings.TrimSpace(vs[0]) != Version:
-		return refuse(http.StatusUpgradeRequired, "version", "Sec-WebSocket-Version", vs[0],
-			"unsupported Sec-WebSocket-Version %q: this server speaks 13", vs[0])
+	if e := checkVersion(r); e != nil {
+		return e
 	}
 	switch ks := r.Header.Values("Sec-WebSocket-Key"); {
 	case len(ks) == 0:

@@ -93,7 +93,11 @@ func startCaddyGlobal(t testing.TB, global, sites string, n int, admin string) [
 	}
 	// Caddy's log goes to a file that is shown only when the test fails.
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n"+
+	autoHTTPS := "\tauto_https off\n"
+	if strings.Contains(global, "auto_https") {
+		autoHTTPS = "" // the caller's own setting
+	}
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n"+autoHTTPS+"\tdefault_bind 127.0.0.1\n"+
 		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n%s\n}\n", admin, logFile, global) + sites
 	LoadCaddyfile(t, cf)
 	logFiles.Store(t.Name(), logFile)
@@ -457,7 +461,7 @@ func relayGoroutines() string {
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "caddy-websocket/internal/relay.") || strings.Contains(g, "caddy-websocket/internal/tunnel.") || strings.Contains(g, "caddy-websocket/internal/terminate.") {
+		if strings.Contains(g, "caddy-websocket/internal/relay.") || strings.Contains(g, "caddy-websocket/internal/stream.") || strings.Contains(g, "caddy-websocket/internal/tunnel.") || strings.Contains(g, "caddy-websocket/internal/terminate.") {
 			out = append(out, g)
 		}
 	}
