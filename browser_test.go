@@ -19,7 +19,7 @@ import (
 
 // chromium starts headless Chromium from Debian's package, or skips the test
 // outside CI when it is not installed (CI installs it, and fails instead).
-func chromium(t *testing.T) context.Context {
+func chromium(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
@@ -42,6 +42,7 @@ func chromium(t *testing.T) context.Context {
 		chromedp.Flag("disable-quic", true),
 		chromedp.Flag("disable-dev-shm-usage", true),
 	}
+	opts = append(opts, extra...)
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancel)
 	bctx, cancelB := chromedp.NewContext(actx)

@@ -75,6 +75,13 @@ func StartCaddyGlobal(t testing.TB, global, sites string, withAdmin bool) (addr,
 	return startCaddyGlobal(t, global, sites, 1, admin)[0], admin
 }
 
+// StartCaddyGlobalPorts is StartCaddyGlobal with n ports, as
+// StartCaddyPorts, and no admin endpoint.
+func StartCaddyGlobalPorts(t testing.TB, global, sites string, n int) []string {
+	t.Helper()
+	return startCaddyGlobal(t, global, sites, n, "off")
+}
+
 func startCaddy(t testing.TB, sites string, n int, admin string) []string {
 	t.Helper()
 	return startCaddyGlobal(t, "", sites, n, admin)

@@ -1,0 +1,147 @@
+package websocket_test
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+
+	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
+	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
+)
+
+// inChild runs the calling test again in a child process of the test
+// binary with env added, and reports whether the caller is the parent (it
+// then returns: the child did the work, and its failure is the parent's).
+// Process-wide settings such as GODEBUG=http2xconnect=1 are read once at
+// start, so a test that needs one cannot run in this process.
+func inChild(t *testing.T, env ...string) bool {
+	t.Helper()
+	if os.Getenv("WSTEST_CHILD") == t.Name() {
+		return false
+	}
+	pattern := ""
+	for _, part := range strings.Split(t.Name(), "/") {
+		pattern += "/^" + part + "$"
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", pattern[1:], "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), "WSTEST_CHILD="+t.Name()), env...)
+	out, err := cmd.CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, ".go:") && !strings.Contains(line, "caddy log") {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("child with %v: %v\n%s", env, err, out)
+	}
+	return true
+}
+
+// TestBrowserHTTPS: the chat page over HTTPS (tls internal), as Chromium
+// opens its socket there: an HTTP/1.1 upgrade (101), and, with Caddy
+// started with GODEBUG=http2xconnect=1, a stream on the page's HTTP/2
+// connection (RFC 8441: 200). In both modes the members stay in the room
+// through three times the backend's idle timeout. The protocol is read
+// from the DevTools protocol's WebSocket handshake event.
+func TestBrowserHTTPS(t *testing.T) {
+	for _, proto := range []string{"h1", "h2"} {
+		t.Run(proto, func(t *testing.T) {
+			if proto == "h2" && inChild(t, "GODEBUG=http2xconnect=1") {
+				return
+			}
+			testBrowserHTTPS(t, proto)
+		})
+	}
+}
+
+func testBrowserHTTPS(t *testing.T, proto string) {
+	browser := chromium(t, chromedp.Flag("ignore-certificate-errors", true))
+	const idle = 2 * time.Second
+	chat := httptest.NewServer(legacychat.New(idle))
+	defer chat.Close()
+	site := func(port, mode string) string {
+		return fmt.Sprintf(`https://localhost:{%[1]s} {
+		tls internal
+		log {
+			output discard
+		}
+		websocket /ws %[2]s {
+			mode %[3]s
+			client {
+				keepalive 300ms
+			}
+			backend {
+				keepalive 300ms
+			}
+		}
+		reverse_proxy %[2]s
+	}
+	`, port, hostOf(chat), mode)
+	}
+	addrs := wstest.StartCaddyGlobalPorts(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics",
+		site("PORT1", "tunnel")+site("PORT2", "terminate"), 2)
+	addrTunnel, addrTerminate := addrs[0], addrs[1]
+
+	want := int64(101)
+	if proto == "h2" {
+		want = 200
+	}
+	for _, site := range []struct{ mode, addr string }{{"tunnel", addrTunnel}, {"terminate", addrTerminate}} {
+		port := site.addr[strings.LastIndex(site.addr, ":")+1:]
+		url := "https://localhost:" + port + "/"
+		var mu sync.Mutex
+		var statuses []int64
+		tab, cancel := chromedp.NewContext(browser, chromedp.WithListener(func(ev any) {
+			if e, ok := ev.(*network.EventWebSocketHandshakeResponseReceived); ok {
+				mu.Lock()
+				statuses = append(statuses, e.Response.Status)
+				mu.Unlock()
+			}
+		}))
+		t.Cleanup(cancel)
+		alice := joinIn(t, tab, url, "alice-"+site.mode)
+		bob := member(t, browser, url, "bob-"+site.mode)
+		mu.Lock()
+		got := append([]int64(nil), statuses...)
+		mu.Unlock()
+		if len(got) == 0 || got[0] != want {
+			t.Fatalf("%s: WebSocket handshake statuses %v, want %d (%s)", site.mode, got, want, proto)
+		}
+		t.Logf("%s over %s: Chromium's WebSocket handshake answered %d", site.mode, proto, got[0])
+		defer func(mode string, alice, bob context.Context) {
+			if err := say(alice, "still there? "+mode); err != nil {
+				t.Fatalf("%s: %v (status %q)", mode, err, text(t, alice, "#status"))
+			}
+			if err := chromedp.Do(bob, waitText("#log", "still there? "+mode, 5*time.Second)); err != nil {
+				t.Fatalf("%s after %v of silence over %s: %v (status %q)", mode, 3*idle, proto, err, text(t, bob, "#status"))
+			}
+			t.Logf("%s over %s: the room still works after %v of silence", mode, proto, 3*idle)
+		}(site.mode, alice, bob)
+	}
+	time.Sleep(3 * idle)
+}
+
+// joinIn joins the chat as name in the tab given.
+func joinIn(t *testing.T, tab context.Context, url, name string) context.Context {
+	t.Helper()
+	err := chromedp.Do(tab,
+		chromedp.Navigate(url),
+		chromedp.WaitVisible(chromedp.CSS("#name")),
+		chromedp.SendKeys(chromedp.CSS("#name"), name),
+		chromedp.Click(chromedp.CSS("#join")),
+		waitText("#status", "connected as "+name, 5*time.Second),
+	)
+	if err != nil {
+		t.Fatalf("%s joining %s: %v", name, url, err)
+	}
+	return tab
+}
