@@ -6,9 +6,12 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/dustin/go-humanize"
 )
 
@@ -30,6 +33,13 @@ import (
 //	    max_connections <n>
 //	    max_connections_per_ip <n>
 //	    max_message_rate <n>
+//	    tls
+//	    tls_server_name <name>
+//	    tls_insecure_skip_verify
+//	    tls_trust_pool <module> [...]
+//	    tls_trusted_ca_certs <pem files...>
+//	    tls_client_auth <cert file> <key file>
+//	    tls_timeout <duration>
 //	    client {
 //	        keepalive <interval>|off|auto
 //	        keepalive_min <duration>
@@ -93,6 +103,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = strings1(d, &h.Subprotocols)
 		case "origins":
 			err = strings1(d, &h.Origins)
+		case "tls", "tls_server_name", "tls_insecure_skip_verify", "tls_trust_pool", "tls_trusted_ca_certs", "tls_client_auth", "tls_timeout":
+			err = h.tlsOption(d, opt)
 		case "client":
 			h.Client, err = legBlock(d, opt)
 		case "backend":
@@ -106,6 +118,59 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if len(h.To) == 0 {
 		return d.Err("websocket needs at least one upstream: websocket [<matcher>] <upstreams...> or 'to <upstreams...>' in its block")
+	}
+	return nil
+}
+
+// tlsOption reads one of the backend TLS options, named as in
+// reverse_proxy's http transport.
+func (h *Handler) tlsOption(d *caddyfile.Dispenser, opt string) error {
+	if h.TLS == nil {
+		h.TLS = new(reverseproxy.TLSConfig)
+	}
+	switch opt {
+	case "tls", "tls_insecure_skip_verify":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		if opt == "tls_insecure_skip_verify" {
+			h.TLS.InsecureSkipVerify = true
+		}
+	case "tls_server_name":
+		return oneArg(d, &h.TLS.ServerName)
+	case "tls_timeout":
+		return duration(d, &h.TLS.HandshakeTimeout)
+	case "tls_trusted_ca_certs":
+		if h.TLS.CARaw != nil {
+			return d.Err("cannot specify both 'tls_trust_pool' and 'tls_trusted_ca_certs'")
+		}
+		return strings1(d, &h.TLS.RootCAPEMFiles)
+	case "tls_client_auth":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("tls_client_auth: want <cert file> <key file>, got %d values", len(args))
+		}
+		h.TLS.ClientCertificateFile, h.TLS.ClientCertificateKeyFile = args[0], args[1]
+	case "tls_trust_pool":
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		if len(h.TLS.RootCAPEMFiles) != 0 {
+			return d.Err("cannot specify both 'tls_trust_pool' and 'tls_trusted_ca_certs'")
+		}
+		if h.TLS.CARaw != nil {
+			return d.Err("tls_trust_pool given twice")
+		}
+		stem := d.Val()
+		unm, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+stem)
+		if err != nil {
+			return err
+		}
+		ca, ok := unm.(caddytls.CA)
+		if !ok {
+			return d.Errf("module tls.ca_pool.source.%s is not a CA pool source", stem)
+		}
+		h.TLS.CARaw = caddyconfig.JSONModuleObject(ca, "provider", stem, nil)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"crypto/tls"
 	"bufio"
 	"context"
 	"errors"
@@ -22,23 +23,26 @@ import (
 type upstream struct {
 	network, addr string
 	raw           string // as configured, for logs
+	tls           bool   // wss://, https://, or the handler's TLS is set
 }
 
 // parseUpstream accepts host:port, :port, ws://host[:port],
-// http://host[:port] and unix//path.
+// http://host[:port], wss://host[:port], https://host[:port] and
+// unix//path.
 func parseUpstream(s string) (upstream, error) {
 	switch {
 	case strings.HasPrefix(s, "unix//"):
-		return upstream{"unix", strings.TrimPrefix(s, "unix/"), s}, nil
+		return upstream{network: "unix", addr: strings.TrimPrefix(s, "unix/"), raw: s}, nil
 	case strings.Contains(s, "://"):
 		u, err := url.Parse(s)
 		if err != nil {
 			return upstream{}, fmt.Errorf("upstream %q: %v", s, err)
 		}
+		port, secure := "80", false
 		switch u.Scheme {
 		case "ws", "http":
 		case "wss", "https":
-			return upstream{}, fmt.Errorf("upstream %q: TLS to backends is not supported; use ws:// or host:port", s)
+			port, secure = "443", true
 		default:
 			return upstream{}, fmt.Errorf("upstream %q: unknown scheme %q", s, u.Scheme)
 		}
@@ -47,14 +51,14 @@ func parseUpstream(s string) (upstream, error) {
 		}
 		host := u.Host
 		if u.Port() == "" {
-			host = net.JoinHostPort(u.Hostname(), "80")
+			host = net.JoinHostPort(u.Hostname(), port)
 		}
-		return upstream{"tcp", host, s}, nil
+		return upstream{network: "tcp", addr: host, raw: s, tls: secure}, nil
 	}
 	if _, _, err := net.SplitHostPort(s); err != nil {
 		return upstream{}, fmt.Errorf("upstream %q: want host:port, ws://host[:port] or unix//path", s)
 	}
-	return upstream{"tcp", s, s}, nil
+	return upstream{network: "tcp", addr: s, raw: s}, nil
 }
 
 // dial connects to the first backend that answers, starting where the
@@ -101,6 +105,14 @@ func (h *Handler) connectRaw(ctx context.Context, hs *handshake, req []byte) *re
 	if hsTimeout <= 0 {
 		hsTimeout = DefaultHandshakeTimeout
 	}
+	if up.tls {
+		tc, rf := h.startTLS(ctx, backend, up, hsTimeout)
+		if rf != nil {
+			backend.Close()
+			return rf
+		}
+		backend = tc
+	}
 	res, br, rf := backendHandshake(backend, req, hsTimeout)
 	if rf != nil {
 		backend.Close()
@@ -114,6 +126,31 @@ func (h *Handler) connectRaw(ctx context.Context, hs *handshake, req []byte) *re
 	}
 	hs.backend, hs.res, hs.br = backend, res, br
 	return nil
+}
+
+// startTLS runs the TLS handshake with a backend, within the handshake
+// timeout. The server name is the configured one, or the upstream's host.
+func (h *Handler) startTLS(ctx context.Context, conn net.Conn, up upstream, timeout time.Duration) (net.Conn, *refusal) {
+	cfg := h.tlsConfig
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(up.addr)
+	}
+	if h.TLS != nil && h.TLS.HandshakeTimeout > 0 {
+		timeout = time.Duration(h.TLS.HandshakeTimeout)
+	}
+	tc := tls.Client(conn, cfg)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, &refusal{status: http.StatusGatewayTimeout, code: "backend_timeout",
+				reason: fmt.Sprintf("backend TLS handshake did not finish within %v", timeout)}
+		}
+		return nil, &refusal{status: http.StatusBadGateway, code: "backend_tls",
+			reason: "backend TLS handshake failed: " + err.Error()}
+	}
+	return tc, nil
 }
 
 // dialReason is the short cause of a dial error, for the client's reason.

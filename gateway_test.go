@@ -25,8 +25,15 @@ import (
 // echoBackend is a gorilla/websocket echo server: an independent
 // implementation on the far side of the gateway.
 func echoBackend(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(echoHandler())
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// echoHandler is a gorilla WebSocket echo server.
+func echoHandler() http.Handler {
 	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }, ReadBufferSize: 64 << 10}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
@@ -41,9 +48,7 @@ func echoBackend(t *testing.T) *httptest.Server {
 				return
 			}
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	})
 }
 
 func hostOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }

@@ -10,6 +10,7 @@
 package websocket
 
 import (
+	"crypto/tls"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
@@ -59,10 +61,22 @@ const (
 // checked and passed on, any other answer is relayed to the client as it
 // came. Then the handler returns, leaving the connection to the tunnel.
 type Handler struct {
-	// To lists the backends, as host:port, ws://host[:port] or
-	// unix//path. They are tried in order (see LBPolicy); a backend that
-	// cannot be dialled within DialTimeout is skipped. Required.
+	// To lists the backends, as host:port, ws://host[:port],
+	// wss://host[:port] (TLS) or unix//path. They are tried in order (see
+	// LBPolicy); a backend that cannot be dialled within DialTimeout is
+	// skipped. Required.
 	To []string `json:"to,omitempty"`
+
+	// TLS configures the connections to backends over TLS, with the field
+	// names and meaning of reverse_proxy's http transport (server_name,
+	// insecure_skip_verify, ca (a tls.ca_pool.source module),
+	// root_ca_pem_files, client_certificate_file and _key_file,
+	// handshake_timeout...). wss:// and https:// upstreams always use TLS;
+	// with TLS set, host:port upstreams do too. ALPN is http/1.1: the
+	// backend leg is an HTTP/1.1 upgrade. Default: TLS only for wss://
+	// upstreams, verified against the system's roots, with the upstream's
+	// host name.
+	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
 
 	// Mode is how connections are relayed. "tunnel" (the default) forwards
 	// frames verbatim in both directions, parsing only frame headers.
@@ -151,8 +165,9 @@ type Handler struct {
 	// Backend is the idle-timeout policy of the backend leg.
 	Backend *LegConfig `json:"backend,omitempty"`
 
-	origins  upgrade.Origins
-	upstream []upstream
+	origins   upgrade.Origins
+	upstream  []upstream
+	tlsConfig *tls.Config // for TLS upstreams
 	policy   relay.PerSide[timeout.Policy]
 	rr       *atomic.Uint64 // round-robin cursor
 	hub      *hub
@@ -279,12 +294,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.upstream = h.upstream[:0]
+	anyTLS := h.TLS != nil
 	for _, a := range h.To {
 		u, err := parseUpstream(a)
 		if err != nil {
 			return err
 		}
+		if h.TLS != nil && u.network == "tcp" {
+			u.tls = true
+		}
+		anyTLS = anyTLS || u.tls
 		h.upstream = append(h.upstream, u)
+	}
+	if anyTLS {
+		tc := h.TLS
+		if tc == nil {
+			tc = &reverseproxy.TLSConfig{}
+		}
+		if h.tlsConfig, err = tc.MakeTLSClientConfig(ctx); err != nil {
+			return fmt.Errorf("websocket: tls: %v", err)
+		}
+		if h.tlsConfig == nil {
+			h.tlsConfig = new(tls.Config) // an empty TLSConfig makes none: the system's roots
+		}
+		h.tlsConfig.NextProtos = []string{"http/1.1"}
 	}
 	h.rr = new(atomic.Uint64)
 	h.policy.Client = h.Client.policy()

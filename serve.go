@@ -45,15 +45,15 @@ type handshake struct {
 	// gets an HTTP/1.1 upgrade.
 	extended bool
 	id       string
-	up      upstream
-	uri     string
-	host    string
-	hdr     http.Header // the backend's upgrade request
-	key     string      // the Sec-WebSocket-Key sent to the backend
-	backend net.Conn
-	br      *bufio.Reader // the backend's handshake reader; holds bytes past the 101
-	res     *http.Response
-	pol     relay.PerSide[timeout.Policy]
+	up       upstream
+	uri      string
+	host     string
+	hdr      http.Header // the backend's upgrade request
+	key      string      // the Sec-WebSocket-Key sent to the backend
+	backend  net.Conn
+	br       *bufio.Reader // the backend's handshake reader; holds bytes past the 101
+	res      *http.Response
+	pol      relay.PerSide[timeout.Policy]
 
 	// What the gateway's own 101 chose (terminate mode).
 	subprotocol string
