@@ -1,9 +1,9 @@
 package websocket
 
 import (
-	"crypto/tls"
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"

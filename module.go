@@ -168,11 +168,11 @@ type Handler struct {
 	origins   upgrade.Origins
 	upstream  []upstream
 	tlsConfig *tls.Config // for TLS upstreams
-	policy   relay.PerSide[timeout.Policy]
-	rr       *atomic.Uint64 // round-robin cursor
-	hub      *hub
-	holdsHub bool // Provision took a hold on the hub that Cleanup must release
-	logger   *zap.Logger
+	policy    relay.PerSide[timeout.Policy]
+	rr        *atomic.Uint64 // round-robin cursor
+	hub       *hub
+	holdsHub  bool // Provision took a hold on the hub that Cleanup must release
+	logger    *zap.Logger
 }
 
 // LegConfig is the idle-timeout policy of one leg of a connection, and
