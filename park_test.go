@@ -1,7 +1,9 @@
 package websocket_test
 
 import (
+	"crypto/tls"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,25 +18,43 @@ import (
 // production runs it, with an access log and metrics on, where Caddy
 // hands the hijacked connection wrapped.
 func TestQuietConnectionsPark(t *testing.T) {
-	for _, site := range []string{"plain", "log+metrics"} {
+	for _, site := range []string{"plain", "log+metrics", "wss"} {
 		t.Run(site, func(t *testing.T) { testQuietConnectionsPark(t, site) })
 	}
 }
 
 func testQuietConnectionsPark(t *testing.T, site string) {
 	wstest.NoLeaks(t)
-	echo := echoBackend(t)
-	global, logDirective := "", ""
-	if site == "log+metrics" {
+	global, logDirective, scheme := "", "", "ws"
+	siteAddr, backend, backendOpts := "http://127.0.0.1:{PORT}", hostOf(echoBackend(t)), ""
+	dialer := websocket.DefaultDialer
+	switch site {
+	case "log+metrics":
 		global, logDirective = "\tmetrics", "log {\n\t\t\toutput discard\n\t\t}"
+	case "wss":
+		// Both legs on TLS: a wss client on an HTTPS site with an access
+		// log and metrics, and a wss backend.
+		ca := wstest.NewCA(t)
+		global = "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics"
+		logDirective = "tls internal\n\t\tlog {\n\t\t\toutput discard\n\t\t}"
+		siteAddr, scheme = "https://localhost:{PORT}", "wss"
+		backend, backendOpts = "wss://"+tlsEcho(t, ca, false), "tls_trusted_ca_certs "+ca.CAFile
+		backend = strings.Replace(backend, "127.0.0.1", "localhost", 1)
+		dialer = &websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, HandshakeTimeout: 5 * time.Second}
 	}
-	addr, _ := wstest.StartCaddyGlobal(t, global, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	addr, _ := wstest.StartCaddyGlobal(t, global, fmt.Sprintf(`%s {
 		%s
-		websocket /tunnel %s
+		websocket /tunnel %s {
+			%s
+		}
 		websocket /terminate %s {
 			mode terminate
+			%s
 		}
-	}`, logDirective, hostOf(echo), hostOf(echo)), false)
+	}`, siteAddr, logDirective, backend, backendOpts, backend, backendOpts), false)
+	if site == "wss" {
+		addr = strings.Replace(addr, "127.0.0.1", "localhost", 1)
+	}
 	for _, mode := range []string{"tunnel", "terminate"} {
 		t.Run(mode, func(t *testing.T) {
 			const n = 40
@@ -51,7 +71,16 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 				}
 			}
 			for i := range conns {
-				conns[i] = dialWS(t, "ws://"+addr+"/"+mode)
+				c, _, err := dialer.Dial(scheme+"://"+addr+"/"+mode, nil)
+				for try := 0; err != nil && site == "wss" && try < 50; try++ {
+					time.Sleep(100 * time.Millisecond) // the site's certificate is being issued
+					c, _, err = dialer.Dial(scheme+"://"+addr+"/"+mode, nil)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				conns[i] = c
 				roundTrip(i, fmt.Sprint("hello ", i))
 			}
 			// Legs park once quiet for ParkAfter (100ms).

@@ -1,8 +1,11 @@
 // Package lazyread reads a connection without holding a buffer while it
 // waits. A plain TCP connection is read through syscall.RawConn: the reader
 // waits in the network poller with no buffer, and a pooled one is taken
-// only for the read syscall that has bytes to return. Other connections
-// (TLS, wrapped listeners) get a small buffer of their own.
+// only for the read syscall that has bytes to return. A TLS connection over
+// TCP borrows a pooled buffer for each read, and can be read without
+// waiting: crypto/tls is asked for what it already holds, and the socket is
+// peeked for more (see readTLS). Other connections (wrapped listeners,
+// pipes) get a small buffer of their own and always wait.
 //
 // A read that returns less than the buffer has almost always drained the
 // socket, so the next Read without waiting reports ErrWouldBlock at once
@@ -14,12 +17,14 @@
 package lazyread
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // BufSize is the size of a pooled read buffer. Buffers are borrowed per
@@ -40,6 +45,11 @@ var pool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
 type Reader struct {
 	conn net.Conn
 	raw  syscall.RawConn
+	tls  *tls.Conn // a TLS connection over raw's socket
+
+	dmu      sync.Mutex // orders SetReadDeadline and a TLS read that does not wait
+	deadline time.Time  // the read deadline the owner set
+	probing  bool       // a TLS read that does not wait holds the deadline in the past
 	own  *[]byte // the buffer of a connection that cannot be read lazily
 	fn   func(fd uintptr) bool
 	slot *[]byte // the pooled buffer lent by the last Read
@@ -54,6 +64,14 @@ type Reader struct {
 // Init prepares r to read conn.
 func (r *Reader) Init(conn net.Conn) {
 	r.conn = conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		if tcp, ok := tc.NetConn().(*net.TCPConn); ok {
+			if raw, err := tcp.SyscallConn(); err == nil {
+				r.tls, r.raw = tc, raw
+				return
+			}
+		}
+	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		if raw, err := tc.SyscallConn(); err == nil {
 			r.raw = raw
@@ -108,6 +126,9 @@ func (r *Reader) readFD(fd uintptr) bool {
 // deadline errors as they are.
 func (r *Reader) Read(wait bool) ([]byte, error) {
 	r.Release()
+	if r.tls != nil {
+		return r.readTLS(wait)
+	}
 	if r.raw == nil {
 		for {
 			n, err := r.conn.Read(*r.own)
@@ -135,6 +156,91 @@ func (r *Reader) Read(wait bool) ([]byte, error) {
 		return nil, io.EOF
 	}
 	return (*r.slot)[:r.n], nil
+}
+
+// SetReadDeadline sets the connection's read deadline. The owner of a
+// Reader sets deadlines through it (from any goroutine), so that a TLS read
+// that does not wait can put them back.
+func (r *Reader) SetReadDeadline(t time.Time) error {
+	r.dmu.Lock()
+	defer r.dmu.Unlock()
+	r.deadline = t
+	if r.probing {
+		return nil // put in force when the probe ends
+	}
+	return r.conn.SetReadDeadline(t)
+}
+
+// SetWriteDeadline sets the connection's write deadline.
+func (r *Reader) SetWriteDeadline(t time.Time) error { return r.conn.SetWriteDeadline(t) }
+
+// readTLS reads a TLS connection into a pooled buffer. Without waiting, it
+// first asks crypto/tls with a deadline in the past: a record it already
+// holds is decrypted and returned without touching the socket (an expired
+// deadline fails before any syscall, and a timeout does not break a
+// tls.Conn). If it holds none, the socket is peeked: bytes there (or a
+// hang-up) are read with the owner's deadline, which then waits at most for
+// the rest of a record; an empty socket is ErrWouldBlock, and the caller
+// can wait for it in an epoll set, as for plain TCP. Bytes crypto/tls keeps
+// of an incomplete record do not matter: the rest must come on the socket.
+func (r *Reader) readTLS(wait bool) ([]byte, error) {
+	bp := pool.Get().(*[]byte)
+	if !wait {
+		r.dmu.Lock()
+		r.probing = true
+		r.conn.SetReadDeadline(past)
+		r.dmu.Unlock()
+		n, err := r.tls.Read(*bp)
+		r.dmu.Lock()
+		r.probing = false
+		r.conn.SetReadDeadline(r.deadline)
+		r.dmu.Unlock()
+		if n > 0 {
+			r.slot, r.n = bp, n
+			return (*bp)[:n], nil
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			pool.Put(bp)
+			return nil, err
+		}
+		if !r.socketReady() {
+			pool.Put(bp)
+			return nil, ErrWouldBlock
+		}
+	}
+	for {
+		n, err := r.tls.Read(*bp)
+		if n > 0 {
+			r.slot, r.n = bp, n
+			return (*bp)[:n], nil
+		}
+		if err != nil {
+			pool.Put(bp)
+			return nil, err
+		}
+		// 0, nil: an empty record; read on.
+	}
+}
+
+// past is a read deadline that has expired.
+var past = time.Unix(1, 0)
+
+// socketReady reports whether the TLS connection's socket has bytes to
+// read, or a hang-up or error to report, without reading them.
+func (r *Reader) socketReady() bool {
+	ready := true
+	var b [1]byte
+	r.raw.Control(func(fd uintptr) {
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err == syscall.EINTR {
+				continue
+			}
+			ready = err != syscall.EAGAIN
+			return
+		}
+	})
+	return ready
 }
 
 // Release returns the buffer of the last Read to the pool early.

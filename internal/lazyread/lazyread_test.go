@@ -3,6 +3,7 @@ package lazyread
 import (
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -85,4 +86,58 @@ func TestPipeAlwaysWaits(t *testing.T) {
 	if got, err := r.Read(false); err != nil || string(got) != "x" {
 		t.Fatalf("%q %v", got, err)
 	}
+}
+
+// TestTLSWithoutWaiting: a TLS connection can be read without waiting,
+// including records crypto/tls read off the socket with an earlier one and
+// holds (the socket is empty then, and parking on it would sleep through
+// them), and a read deadline set meanwhile is the one in force afterwards.
+func TestTLSWithoutWaiting(t *testing.T) {
+	near, far := tcptest.TLSPair(t)
+	var r Reader
+	r.Init(near)
+	if r.tls == nil {
+		t.Fatal("TLS over TCP not read lazily")
+	}
+	if _, err := r.Read(false); err != ErrWouldBlock {
+		t.Fatalf("nothing sent: %v", err)
+	}
+	// Three records in one TCP segment, most likely read in one syscall.
+	go func() {
+		far.Write([]byte("one"))
+		far.Write([]byte("two"))
+		far.Write([]byte("three"))
+	}()
+	time.Sleep(100 * time.Millisecond)
+	var got []string
+	for len(got) < 3 {
+		b, err := r.Read(false)
+		if err == ErrWouldBlock {
+			t.Fatalf("would block with %q read of one, two, three", got)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(b))
+	}
+	if got[0] != "one" || got[1] != "two" || got[2] != "three" {
+		t.Fatalf("%q", got)
+	}
+	if _, err := r.Read(false); err != ErrWouldBlock {
+		t.Fatalf("all read: %v", err)
+	}
+	// The owner's deadline is kept across reads that do not wait.
+	r.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	r.Read(false)
+	start := time.Now()
+	if _, err := r.Read(true); !os.IsTimeout(err) || time.Since(start) > time.Second {
+		t.Fatalf("waiting read: %v after %v", err, time.Since(start))
+	}
+	r.SetReadDeadline(time.Time{})
+	far.Close()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := r.Read(false); err == nil || err == ErrWouldBlock {
+		t.Fatalf("after the peer closed: %v", err)
+	}
+	r.Release()
 }

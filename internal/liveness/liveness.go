@@ -37,6 +37,7 @@ const spreadMax = 0.1
 type Watch struct {
 	policy atomic.Pointer[timeout.Policy]
 	conn   net.Conn
+	reads  ReadDeadliner // sets conn's read deadline
 	waiter *park.Waiter // nil or not enabled: the reader never parks
 	start  time.Time
 	now    func() time.Time
@@ -57,10 +58,21 @@ type Watch struct {
 	rearm       atomic.Bool   // consult the policy at the next Arm
 }
 
-// Init starts watching conn under policy. Silence counts from start. The
-// leg's reader parks in waiter when it is quiet; waiter may be nil.
-func (w *Watch) Init(conn net.Conn, policy timeout.Policy, start time.Time, now func() time.Time, waiter *park.Waiter) {
+// ReadDeadliner sets a connection's read deadline: the connection itself,
+// or the reader that owns it (lazyread.Reader, which must know).
+type ReadDeadliner interface {
+	SetReadDeadline(t time.Time) error
+}
+
+// Init starts watching conn under policy, setting its read deadlines
+// through reads (nil: conn itself). Silence counts from start. The leg's
+// reader parks in waiter when it is quiet; waiter may be nil.
+func (w *Watch) Init(conn net.Conn, reads ReadDeadliner, policy timeout.Policy, start time.Time, now func() time.Time, waiter *park.Waiter) {
 	w.conn, w.start, w.now = conn, start, now
+	w.reads = reads
+	if reads == nil {
+		w.reads = conn
+	}
 	if waiter != nil && waiter.Enabled() {
 		w.waiter = waiter
 	}
@@ -80,7 +92,7 @@ func (w *Watch) SetPolicy(p timeout.Policy) {
 	w.policy.Store(&p)
 	w.rearm.Store(true)
 	if !w.Closing() {
-		w.conn.SetReadDeadline(time.Now())
+		w.reads.SetReadDeadline(time.Now())
 	}
 	w.wake()
 }
@@ -198,7 +210,7 @@ func (w *Watch) StartClosing(grace time.Duration) {
 			return
 		}
 		if w.closingAt.CompareAndSwap(cur, at) {
-			w.conn.SetReadDeadline(w.at(at))
+			w.reads.SetReadDeadline(w.at(at))
 			w.wake()
 			return
 		}
@@ -247,7 +259,7 @@ func (w *Watch) Arm() bool {
 			return false
 		}
 		w.deadline = dn
-		w.conn.SetReadDeadline(d)
+		w.reads.SetReadDeadline(d)
 		// StartClosing may have set its deadline between the load above
 		// and ours: look again so the grace deadline is never overwritten.
 		if ca != 0 || w.closingAt.Load() == 0 {

@@ -11,11 +11,13 @@
 //
 // An idle connection then holds its sockets and a few hundred bytes of
 // state instead of two parked goroutine stacks. Where parking is not
-// available (not Linux, not a TCP connection) Init reports false and the
-// leg keeps its goroutine, waiting in Go's network poller as before.
+// available (not Linux, not a TCP or TLS-over-TCP connection) Init
+// reports false and the leg keeps its goroutine, waiting in Go's network
+// poller as before.
 package park
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -48,6 +50,11 @@ type Waiter struct {
 // wake and must either park again or Stop. It reports false when conn
 // cannot be parked.
 func (w *Waiter) Init(conn net.Conn, run func()) bool {
+	if tc, ok := conn.(*tls.Conn); ok {
+		// Readiness of a TLS connection is its socket's: the reader asks
+		// crypto/tls for what it holds before it parks (lazyread).
+		conn = tc.NetConn()
+	}
 	tc, ok := conn.(*net.TCPConn)
 	if !ok || !supported {
 		return false

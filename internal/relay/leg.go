@@ -66,7 +66,7 @@ func (l *Leg) Init(side Side, conn net.Conn, h Handler, p timeout.Policy, start 
 	l.side, l.role, l.conn, l.h = side, RoleOf(side), conn, h
 	l.rd.Init(conn)
 	l.park.Init(conn, l.turn)
-	l.Live.Init(conn, p, start, now, &l.park)
+	l.Live.Init(conn, &l.rd, p, start, now, &l.park)
 }
 
 // Side is the side the leg is on.
