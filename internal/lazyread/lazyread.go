@@ -50,11 +50,11 @@ type Reader struct {
 	dmu      sync.Mutex // orders SetReadDeadline and a TLS read that does not wait
 	deadline time.Time  // the read deadline the owner set
 	probing  bool       // a TLS read that does not wait holds the deadline in the past
-	own  *[]byte // the buffer of a connection that cannot be read lazily
-	fn   func(fd uintptr) bool
-	slot *[]byte // the pooled buffer lent by the last Read
-	n    int
-	err  error
+	own      *[]byte    // the buffer of a connection that cannot be read lazily
+	fn       func(fd uintptr) bool
+	slot     *[]byte // the pooled buffer lent by the last Read
+	n        int
+	err      error
 
 	drained bool // the last read returned less than asked: nothing is likely left
 	wait    bool // this Read waits in the poller when nothing is ready

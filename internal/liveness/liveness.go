@@ -38,7 +38,7 @@ type Watch struct {
 	policy atomic.Pointer[timeout.Policy]
 	conn   net.Conn
 	reads  ReadDeadliner // sets conn's read deadline
-	waiter *park.Waiter // nil or not enabled: the reader never parks
+	waiter *park.Waiter  // nil or not enabled: the reader never parks
 	start  time.Time
 	now    func() time.Time
 
