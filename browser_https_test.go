@@ -128,6 +128,11 @@ func testBrowserHTTPS(t *testing.T, proto string) {
 		}(site.mode, alice, bob)
 	}
 	time.Sleep(3 * idle)
+	for _, e := range wstest.LogEntries(t, "websocket connected") {
+		if e["proto"] != proto {
+			t.Errorf("connection logged with proto %v, want %s", e["proto"], proto)
+		}
+	}
 }
 
 // joinIn joins the chat as name in the tab given.

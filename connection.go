@@ -61,7 +61,7 @@ func protoName(r *http.Request) string {
 // back.
 func (h *Handler) opened(c *connection) {
 	h.hub.add(c)
-	countUpgrade("accepted")
+	countUpgrade(c.proto, "accepted")
 	if lt := time.Duration(h.MaxLifetime); lt > 0 {
 		reason := h.CloseReason
 		if reason == "" {

@@ -191,6 +191,13 @@ func TestHTTP3(t *testing.T) {
 		})
 	}
 
+	// The connections are logged (and listed, and counted) as HTTP/3.
+	for _, e := range wstest.LogEntries(t, "websocket connected") {
+		if e["proto"] != "h3" {
+			t.Errorf("connection logged with proto %v, want h3", e["proto"])
+		}
+	}
+
 	// Refusals are answered on the stream with the status and reason.
 	p, res, _ := dialH3(t, addr, "/tunnel", http.Header{"Sec-Websocket-Version": {"8"}})
 	if p != nil || res.StatusCode != http.StatusUpgradeRequired {

@@ -32,8 +32,8 @@ func initMetrics(reg *prometheus.Registry) error {
 	wsMetrics.once.Do(func() {
 		wsMetrics.upgrades = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "upgrades_total",
-			Help: "WebSocket upgrade requests by result: accepted, a refusal reason (method, http_version, upgrade, connection, version, key, body, origin, subprotocol), a backend error (backend_unreachable, backend_timeout, backend_invalid), or backend_refused (a non-101 answer passed on).",
-		}, []string{"result"})
+			Help: "WebSocket upgrade requests by the client's HTTP version (h1, h2, h3) and result: accepted, a refusal reason (method, http_version, upgrade, connection, version, key, body, origin, subprotocol), a backend error (backend_unreachable, backend_timeout, backend_invalid), or backend_refused (a non-101 answer passed on).",
+		}, []string{"proto", "result"})
 		wsMetrics.closes = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "closes_total",
 			Help: "Finished connections by who closed (client, backend, gateway) and Close code (1006: vanished without one).",
@@ -60,9 +60,9 @@ func initMetrics(reg *prometheus.Registry) error {
 	return nil
 }
 
-func countUpgrade(result string) {
+func countUpgrade(proto, result string) {
 	if wsMetrics.upgrades != nil {
-		wsMetrics.upgrades.WithLabelValues(result).Inc()
+		wsMetrics.upgrades.WithLabelValues(proto, result).Inc()
 	}
 }
 
@@ -118,7 +118,7 @@ type hubCollector struct{}
 
 var (
 	descOpen = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_connections_open",
-		"Live WebSocket connections by mode and upstream.", []string{"mode", "upstream"}, nil)
+		"Live WebSocket connections by mode, upstream and the client's HTTP version.", []string{"mode", "upstream", "proto"}, nil)
 	descBytes = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_bytes_total",
 		"Bytes relayed, by the side that sent them.", []string{"from"}, nil)
 	descMessages = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_messages_total",
@@ -136,7 +136,7 @@ func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (hubCollector) Collect(ch chan<- prometheus.Metric) {
-	type key struct{ mode, upstream string }
+	type key struct{ mode, upstream, proto string }
 	open := map[key]int{}
 	var bytes, messages, pings [2]int64
 	for i := range 2 {
@@ -147,7 +147,7 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 	learned := map[string]float64{}
 	eachHub(func(h *hub) {
 		for _, c := range h.snapshot() {
-			open[key{c.mode, c.upstream}]++
+			open[key{c.mode, c.upstream, c.proto}]++
 			st := c.relay.Stats()
 			for i, l := range []relay.LegStats{st.Legs.Client, st.Legs.Backend} {
 				bytes[i] += l.Bytes
@@ -160,7 +160,7 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	})
 	for k, n := range open {
-		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(n), k.mode, k.upstream)
+		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(n), k.mode, k.upstream, k.proto)
 	}
 	for i, side := range []string{"client", "backend"} {
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(bytes[i]), side)

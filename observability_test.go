@@ -222,23 +222,23 @@ func TestObservability(t *testing.T) {
 	after := metrics(t, admin)
 	delta := func(name string) float64 { return after[name] - before[name] }
 	want := map[string]float64{
-		`caddy_websocket_upgrades_total{result="accepted"}`:            3,
-		`caddy_websocket_upgrades_total{result="backend_refused"}`:     1,
-		`caddy_websocket_upgrades_total{result="backend_unreachable"}`: 1,
+		`caddy_websocket_upgrades_total{proto="h1",result="accepted"}`:            3,
+		`caddy_websocket_upgrades_total{proto="h1",result="backend_refused"}`:     1,
+		`caddy_websocket_upgrades_total{proto="h1",result="backend_unreachable"}`: 1,
 		`caddy_websocket_closes_total{closer="gateway",code="4xxx"}`:   1,
 		`caddy_websocket_reconnects_total`:                             1,
 		`caddy_websocket_messages_total{from="client"}`:                4,
 		`caddy_websocket_messages_total{from="backend"}`:               4,
 	}
 	for reason := range refusals {
-		want[fmt.Sprintf(`caddy_websocket_upgrades_total{result=%q}`, reason)] = 1
+		want[fmt.Sprintf(`caddy_websocket_upgrades_total{proto="h1",result=%q}`, reason)] = 1
 	}
 	for name, v := range want {
 		if got := delta(name); got != v {
 			t.Errorf("%s: %v, want %v", name, got, v)
 		}
 	}
-	open := fmt.Sprintf(`caddy_websocket_connections_open{mode="tunnel",upstream=%q}`, hostOf(echo))
+	open := fmt.Sprintf(`caddy_websocket_connections_open{mode="tunnel",proto="h1",upstream=%q}`, hostOf(echo))
 	if after[open] != 1 {
 		t.Errorf("%s = %v, want 1", open, after[open])
 	}

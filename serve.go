@@ -90,7 +90,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		return h.backendFailed(w, r, hs.up, rf)
 	}
 	if hs.res.StatusCode != http.StatusSwitchingProtocols {
-		countUpgrade("backend_refused")
+		countUpgrade(protoName(r), "backend_refused")
 		h.passThrough(w, r, hs.up, hs.res)
 		hs.backend.Close()
 		return nil
@@ -196,7 +196,7 @@ func requestIP(r *http.Request) netip.Addr {
 
 // refuse answers a refused upgrade and logs why.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, rf *refusal) error {
-	countUpgrade(rf.code)
+	countUpgrade(protoName(r), rf.code)
 	h.logger.Info("websocket upgrade refused",
 		zap.Int("status", rf.status),
 		zap.String("reason", rf.reason),
@@ -212,7 +212,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, rf *refusal) er
 
 // backendFailed answers a client whose backend failed the handshake.
 func (h *Handler) backendFailed(w http.ResponseWriter, r *http.Request, up upstream, rf *refusal) error {
-	countUpgrade(rf.code)
+	countUpgrade(protoName(r), rf.code)
 	h.logger.Warn("websocket backend handshake failed",
 		zapUpstream(up),
 		zap.Int("status", rf.status),
