@@ -225,10 +225,10 @@ func TestObservability(t *testing.T) {
 		`caddy_websocket_upgrades_total{proto="h1",result="accepted"}`:            3,
 		`caddy_websocket_upgrades_total{proto="h1",result="backend_refused"}`:     1,
 		`caddy_websocket_upgrades_total{proto="h1",result="backend_unreachable"}`: 1,
-		`caddy_websocket_closes_total{closer="gateway",code="4xxx"}`:   1,
-		`caddy_websocket_reconnects_total`:                             1,
-		`caddy_websocket_messages_total{from="client"}`:                4,
-		`caddy_websocket_messages_total{from="backend"}`:               4,
+		`caddy_websocket_closes_total{closer="gateway",code="4xxx"}`:              1,
+		`caddy_websocket_reconnects_total`:                                        1,
+		`caddy_websocket_messages_total{from="client"}`:                           4,
+		`caddy_websocket_messages_total{from="backend"}`:                          4,
 	}
 	for reason := range refusals {
 		want[fmt.Sprintf(`caddy_websocket_upgrades_total{proto="h1",result=%q}`, reason)] = 1
