@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds Caddy with this module (xcaddy) and the legacy chat backend, then
 # runs the chat behind the gateway (http://127.0.0.1:8080) and behind stock
-# reverse_proxy (http://127.0.0.1:8081). Ctrl-C stops both.
+# reverse_proxy (http://127.0.0.1:8081). Ctrl-C stops both. With TLS=1, the
+# chat over HTTPS instead (https://localhost:8443, tls internal, HTTP/1.1,
+# HTTP/2 and HTTP/3; examples/Caddyfile.local-tls).
 #
 #   IDLE=30s bash examples/run.sh
+#   TLS=1 bash examples/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
@@ -19,6 +22,14 @@ go build -o bin/legacychat ./examples/legacychat/cmd/legacychat
 bin/legacychat -addr 127.0.0.1:9000 -idle "${IDLE:-30s}" &
 chat=$!
 trap 'kill $chat 2>/dev/null' EXIT
+if [ -n "${TLS:-}" ]; then
+	echo
+	echo "  gateway over HTTPS:    https://localhost:8443  (certificate from Caddy's internal CA)"
+	echo "  for WebSockets over HTTP/2 in Chromium: GODEBUG=http2xconnect=1 TLS=1 bash examples/run.sh"
+	echo
+	bin/caddy run --config examples/Caddyfile.local-tls --adapter caddyfile
+	exit
+fi
 echo
 echo "  gateway:               http://127.0.0.1:8080"
 echo "  stock reverse_proxy:   http://127.0.0.1:8081"
