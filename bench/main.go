@@ -5,8 +5,13 @@
 // interleaved repetitions with the order rotated, each printed beside stock
 // Caddy's from the same repetition.
 //
-//	go run ./bench            # full run (a few minutes), writes bench/results/latest.md
-//	go run ./bench -quick     # about a minute
+//	go run ./bench            # full run, ws and wss, writes bench/results/latest.md
+//	go run ./bench -quick     # a few minutes
+//	BENCH_BEFORE=/tmp/old/caddy go run ./bench   # also the module's targets from another build
+//
+// Every Caddy target runs as production sites do, with an access log and
+// the metrics option on; the wss targets (HAProxy and nginx too) serve the
+// same certificate with TLS 1.3 and X25519.
 package main
 
 import (
@@ -43,6 +48,7 @@ func main() {
 	only := flag.String("targets", "", "comma-separated targets to run (default: all available)")
 	cases := flag.String("cases", "", "comma-separated cases to run: idle, handshake, echo, pipelined (default: all)")
 	idleN := flag.Int("idle", 0, "idle connections (default 10000, or 1000 with -quick)")
+	schemes := flag.String("schemes", "ws,wss", "comma-separated: ws (plaintext), wss (TLS on the client leg)")
 	flag.Parse()
 	log.SetFlags(0)
 	s := settings{idleConns: 10000, dur: 3 * time.Second, reps: 2, keepaliveWindow: 22 * time.Second}
@@ -83,7 +89,10 @@ func main() {
 	}
 	defer echo.stop()
 
-	targets := availableTargets(bin, work, echo.addr)
+	if err := writeCert(work); err != nil {
+		log.Fatal(err)
+	}
+	targets := availableTargets(bin, work, echo.addr, strings.Split(*schemes, ","))
 	if *only != "" {
 		var sel []targetSpec
 		for _, t := range targets {
@@ -110,7 +119,7 @@ func main() {
 	text := rep.render()
 	fmt.Print(text)
 	path := *out
-	if path == "" && !*quick && *only == "" && *cases == "" && *idleN == 0 {
+	if path == "" && !*quick && *only == "" && *cases == "" && *idleN == 0 && before == "" {
 		path = filepath.Join(root, "bench", "results", "latest.md")
 	}
 	if path != "" {

@@ -10,6 +10,15 @@ import (
 
 const baseline = "caddy-stock"
 
+// baselineOf is the target a target's ratios are to: stock Caddy over the
+// same scheme (a wss target's, over wss).
+func baselineOf(target string) string {
+	if strings.HasSuffix(target, "-wss") {
+		return baseline + "-wss"
+	}
+	return baseline
+}
+
 // report collects results per repetition and renders each figure as its
 // mean over repetitions, with its ratio to stock Caddy averaged over the
 // repetitions in which both ran (so a noisy repetition skews both alike).
@@ -72,7 +81,8 @@ func (r *report) render() string {
 	fmt.Fprintf(&b, "Run %s, %d repetition(s), order rotated; %d idle connections; %v per timed case; %s, %d CPUs, %s.\n",
 		r.started.UTC().Format(time.RFC3339), r.s.reps, r.s.idleConns, r.s.dur, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(&b, "Every target proxies to the same gorilla echo backend (examples/echo); \"direct\" is that backend alone. ")
-	fmt.Fprintf(&b, "Costs are the target's own (RSS and CPU of its process tree). Cells: mean over repetitions (ratio to %s in the same repetitions).\n\n", baseline)
+	fmt.Fprintf(&b, "Costs are the target's own (RSS and CPU of its process tree). Cells: mean over repetitions (ratio to %s, or %s-wss for the -wss targets, in the same repetitions). ", baseline, baseline)
+	fmt.Fprintf(&b, "Caddy targets run with an access log and metrics on; -wss targets serve TLS 1.3 (X25519) on the client leg with one certificate; the backend leg is plaintext.\n\n")
 	fmt.Fprintf(&b, "| figure | %s |\n|---|%s\n", strings.Join(r.targets, " | "), strings.Repeat("---|", len(r.targets)))
 	for _, row := range rows {
 		var cells []string
@@ -85,7 +95,7 @@ func (r *report) render() string {
 			}
 			any = true
 			c := format(mean)
-			if !math.IsNaN(ratio) && t != baseline && row.key != "load" {
+			if !math.IsNaN(ratio) && t != baselineOf(t) && row.key != "load" {
 				c += " (" + noNegZero(fmt.Sprintf("%.2f", ratio)) + "×)"
 			}
 			cells = append(cells, c)
@@ -110,7 +120,7 @@ func (r *report) cell(target, key string) (mean, ratio float64, ok bool) {
 			continue
 		}
 		vals = append(vals, v)
-		if base, found := rep[baseline][key]; found && base != 0 {
+		if base, found := rep[baselineOf(target)][key]; found && base != 0 {
 			ratios = append(ratios, v/base)
 		}
 	}

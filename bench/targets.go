@@ -2,6 +2,13 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"fmt"
 	"net"
 	"net/http"
@@ -19,6 +26,7 @@ type proc struct {
 	addr  string
 	admin string // Caddy's admin address, for go_goroutines
 	pings bool   // the target sends keepalive pings (this module, default 20 s)
+	tls   bool   // the target serves wss
 }
 
 func (p *proc) stop() {
@@ -188,27 +196,43 @@ type targetSpec struct {
 	start func(echo string) (*proc, error)
 }
 
-func caddyTarget(bin, work, name, handler string) targetSpec {
+// caddyTarget runs Caddy with handler on a site as production runs one:
+// an access log (discarded) and the metrics option on, and with wss the
+// bench's certificate on HTTPS (HTTP/1.1 upgrades: the load generator
+// speaks HTTP/1.1).
+func caddyTarget(bin, work, name, handler string, wss bool) targetSpec {
 	return targetSpec{name: name, start: func(echo string) (*proc, error) {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort())
 		admin := fmt.Sprintf("127.0.0.1:%d", freePort())
+		site, tlsLine, auto := "http://"+addr, "", "auto_https off"
+		if wss {
+			site = "https://:" + addr[strings.LastIndex(addr, ":")+1:] // any Host: the load generator dials the address
+			tlsLine = fmt.Sprintf("tls %s %s", certFile(work), keyFile(work))
+			auto = "auto_https disable_redirects\n\tskip_install_trust\n\tdefault_bind 127.0.0.1"
+		}
 		cf := fmt.Sprintf(`{
 	admin %s
 	persist_config off
-	auto_https off
+	%s
+	metrics
 	log {
 		level ERROR
 	}
 }
-http://%s {
+%s {
+	%s
+	log {
+		output discard
+	}
 	%s
 }
-`, admin, addr, strings.ReplaceAll(handler, "ECHO", echo))
+`, admin, auto, site, tlsLine, strings.ReplaceAll(handler, "ECHO", echo))
 		path := filepath.Join(work, name+".Caddyfile")
 		os.WriteFile(path, []byte(cf), 0o644)
 		p, err := start(addr, admin, filepath.Join(bin, "caddy"), "run", "--config", path, "--adapter", "caddyfile")
 		if p != nil {
 			p.pings = strings.HasPrefix(handler, "websocket")
+			p.tls = wss
 		}
 		return p, err
 	}}
@@ -217,21 +241,54 @@ http://%s {
 // availableTargets lists what can run here: direct, the three Caddy
 // configurations, and nginx and HAProxy when Debian's packages are
 // installed.
-func availableTargets(bin, work, echo string) []targetSpec {
-	ts := []targetSpec{
-		{name: "direct", start: func(echo string) (*proc, error) {
-			return startEcho(bin, work) // a fresh echo of its own: its cost is the baseline
-		}},
-		caddyTarget(bin, work, "caddy-stock", "reverse_proxy ECHO"),
-		caddyTarget(bin, work, "tunnel", "websocket ECHO"),
-		caddyTarget(bin, work, "terminate", "websocket ECHO {\n\t\tmode terminate\n\t}"),
+func availableTargets(bin, work, echo string, schemes []string) []targetSpec {
+	var ts []targetSpec
+	for _, scheme := range schemes {
+		wss := scheme == "wss"
+		sfx := ""
+		if wss {
+			sfx = "-wss"
+		} else {
+			ts = append(ts, targetSpec{name: "direct", start: func(echo string) (*proc, error) {
+				return startEcho(bin, work) // a fresh echo of its own: its cost is the baseline
+			}})
+		}
+		ts = append(ts,
+			caddyTarget(bin, work, "caddy-stock"+sfx, "reverse_proxy ECHO", wss),
+			caddyTarget(bin, work, "tunnel"+sfx, "websocket ECHO", wss),
+			caddyTarget(bin, work, "terminate"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", wss))
+		if before != "" {
+			// The same targets built from another commit (BENCH_BEFORE),
+			// to compare a change in one run.
+			ts = append(ts,
+				caddyTarget(filepath.Dir(before), work, "tunnel@before"+sfx, "websocket ECHO", wss),
+				caddyTarget(filepath.Dir(before), work, "terminate@before"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", wss))
+		}
+		ts = append(ts, nginxTarget(work, echo, wss, sfx)...)
+		ts = append(ts, haproxyTarget(work, echo, wss, sfx)...)
 	}
-	if p, err := exec.LookPath("nginx"); err == nil {
-		ts = append(ts, targetSpec{name: "nginx", start: func(echo string) (*proc, error) {
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
-			dir := filepath.Join(work, "nginx")
-			os.MkdirAll(filepath.Join(dir, "logs"), 0o755)
-			conf := fmt.Sprintf(`daemon off;
+	return ts
+}
+
+// before is a Caddy binary built from an earlier commit, whose targets run
+// beside this checkout's (env BENCH_BEFORE=/path/to/dir/caddy).
+var before = os.Getenv("BENCH_BEFORE")
+
+func nginxTarget(work, echo string, wss bool, sfx string) []targetSpec {
+	p, err := exec.LookPath("nginx")
+	if err != nil {
+		return nil
+	}
+	return []targetSpec{{name: "nginx" + sfx, start: func(echo string) (*proc, error) {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+		dir := filepath.Join(work, "nginx"+sfx)
+		os.MkdirAll(filepath.Join(dir, "logs"), 0o755)
+		listen := addr
+		if wss {
+			listen = addr + " ssl;\n\t\tssl_certificate " + certFile(work) + ";\n\t\tssl_certificate_key " + keyFile(work) +
+				";\n\t\tssl_protocols TLSv1.3;\n\t\tssl_ecdh_curve X25519"
+		}
+		conf := fmt.Sprintf(`daemon off;
 master_process on;
 worker_processes auto;
 worker_rlimit_nofile 100000;
@@ -257,16 +314,29 @@ http {
 		}
 	}
 }
-`, dir, addr, echo)
-			path := filepath.Join(dir, "nginx.conf")
-			os.WriteFile(path, []byte(conf), 0o644)
-			return start(addr, "", p, "-p", dir, "-c", path)
-		}})
+`, dir, listen, echo)
+		path := filepath.Join(dir, "nginx.conf")
+		os.WriteFile(path, []byte(conf), 0o644)
+		pr, err := start(addr, "", p, "-p", dir, "-c", path)
+		if pr != nil {
+			pr.tls = wss
+		}
+		return pr, err
+	}}}
+}
+
+func haproxyTarget(work, echo string, wss bool, sfx string) []targetSpec {
+	p, err := exec.LookPath("haproxy")
+	if err != nil {
+		return nil
 	}
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		ts = append(ts, targetSpec{name: "haproxy", start: func(echo string) (*proc, error) {
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
-			conf := fmt.Sprintf(`global
+	return []targetSpec{{name: "haproxy" + sfx, start: func(echo string) (*proc, error) {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+		bind := addr
+		if wss {
+			bind = addr + " ssl crt " + pemFile(work) + " ssl-min-ver TLSv1.3 curves X25519"
+		}
+		conf := fmt.Sprintf(`global
 	maxconn %d
 defaults
 	mode http
@@ -279,11 +349,45 @@ frontend f
 	default_backend b
 backend b
 	server s1 %s
-`, (fdLimit-200)/2, addr, echo)
-			path := filepath.Join(work, "haproxy.cfg")
-			os.WriteFile(path, []byte(conf), 0o644)
-			return start(addr, "", p, "-db", "-f", path)
-		}})
+`, (fdLimit-200)/2, bind, echo)
+		path := filepath.Join(work, "haproxy"+sfx+".cfg")
+		os.WriteFile(path, []byte(conf), 0o644)
+		pr, err := start(addr, "", p, "-db", "-f", path)
+		if pr != nil {
+			pr.tls = wss
+		}
+		return pr, err
+	}}}
+}
+
+func certFile(work string) string { return filepath.Join(work, "cert.pem") }
+func keyFile(work string) string  { return filepath.Join(work, "key.pem") }
+func pemFile(work string) string  { return filepath.Join(work, "cert+key.pem") }
+
+// writeCert makes the certificate every wss target serves (ECDSA P-256,
+// for localhost), as PEM files in work.
+func writeCert(work string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
 	}
-	return ts
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	c := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	k := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	for path, b := range map[string][]byte{certFile(work): c, keyFile(work): k, pemFile(work): append(append([]byte{}, c...), k...)} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
