@@ -231,6 +231,8 @@ func learnedView() any {
 		IdleTimeoutSeconds float64 `json:"learned_idle_timeout_seconds"`
 		Drops              int     `json:"drops_seen"`
 		Open               int     `json:"open_connections"`
+		Healthy            bool    `json:"healthy"`
+		HealthReason       string  `json:"health_reason,omitempty"` // the last failure
 	}
 	type netView struct {
 		Network            string  `json:"network"`
@@ -248,7 +250,7 @@ func learnedView() any {
 		}
 		for up, l := range h.upstreamLearners() {
 			t, n := l.Learned()
-			out.Upstreams = append(out.Upstreams, upView{up, t.Seconds(), n, open[up]})
+			out.Upstreams = append(out.Upstreams, upView{Upstream: up, IdleTimeoutSeconds: t.Seconds(), Drops: n, Open: open[up]})
 			delete(open, up)
 		}
 		for up, n := range open {
@@ -258,6 +260,23 @@ func learnedView() any {
 			t, n := l.Learned()
 			out.Networks = append(out.Networks, netView{p.String(), t.Seconds(), n})
 		})
+	})
+	eachHub(func(h *hub) {
+		health := h.healthSnapshot()
+		seen := map[string]bool{}
+		for i := range out.Upstreams {
+			u := &out.Upstreams[i]
+			seen[u.Upstream] = true
+			u.Healthy = true
+			if s, ok := health[u.Upstream]; ok {
+				u.Healthy, u.HealthReason = !s.down, s.reason
+			}
+		}
+		for up, s := range health {
+			if !seen[up] {
+				out.Upstreams = append(out.Upstreams, upView{Upstream: up, Healthy: !s.down, HealthReason: s.reason})
+			}
+		}
 	})
 	slices.SortFunc(out.Upstreams, func(a, b upView) int { return strings.Compare(a.Upstream, b.Upstream) })
 	slices.SortFunc(out.Networks, func(a, b netView) int { return strings.Compare(a.Network, b.Network) })

@@ -20,7 +20,19 @@ import (
 //	websocket [<matcher>] [<upstreams...>] {
 //	    to <upstreams...>
 //	    mode tunnel|terminate
-//	    lb_policy first|round_robin
+//	    dynamic <source> [<args...>]
+//	    lb_policy <name> [<options...>]
+//	    lb_retries <n>
+//	    lb_try_duration <duration>
+//	    lb_try_interval <duration>
+//	    health_uri <uri>
+//	    health_interval <duration>
+//	    health_timeout <duration>
+//	    health_passes <n>
+//	    health_fails <n>
+//	    fail_duration <duration>
+//	    max_fails <n>
+//	    unhealthy_status <codes...>
 //	    dial_timeout <duration>
 //	    handshake_timeout <duration>
 //	    origins <origins...>
@@ -77,8 +89,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = strings1(d, &h.To)
 		case "mode":
 			err = choice(d, &h.Mode, checkMode)
-		case "lb_policy":
-			err = choice(d, &h.LBPolicy, checkLBPolicy)
+		case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval":
+			err = h.lbOption(d, opt)
+		case "dynamic":
+			err = h.dynamicOption(d)
+		case "health_uri", "health_interval", "health_timeout", "health_passes", "health_fails",
+			"fail_duration", "max_fails", "unhealthy_status":
+			err = h.healthOption(d, opt)
 		case "compression":
 			err = choice(d, &h.Compression, checkCompression)
 		case "dial_timeout":
@@ -116,8 +133,110 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if len(h.To) == 0 {
-		return d.Err("websocket needs at least one upstream: websocket [<matcher>] <upstreams...> or 'to <upstreams...>' in its block")
+	if len(h.To) == 0 && h.DynamicUpstreamsRaw == nil {
+		return d.Err("websocket needs at least one upstream: websocket [<matcher>] <upstreams...>, 'to <upstreams...>' or 'dynamic <source>' in its block")
+	}
+	return nil
+}
+
+// lbOption reads a load-balancing option, as reverse_proxy's: lb_policy
+// takes any http.reverse_proxy.selection_policies module with its own
+// Caddyfile syntax.
+func (h *Handler) lbOption(d *caddyfile.Dispenser, opt string) error {
+	if h.LoadBalancing == nil {
+		h.LoadBalancing = new(LoadBalancing)
+	}
+	lb := h.LoadBalancing
+	switch opt {
+	case "lb_policy":
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		if lb.SelectionPolicyRaw != nil {
+			return d.Err("lb_policy given twice")
+		}
+		name := d.Val()
+		unm, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.selection_policies."+name)
+		if err != nil {
+			return err
+		}
+		sel, ok := unm.(reverseproxy.Selector)
+		if !ok {
+			return d.Errf("module %s is not a selection policy", name)
+		}
+		lb.SelectionPolicyRaw = caddyconfig.JSONModuleObject(sel, "policy", name, nil)
+	case "lb_retries":
+		return count(d, &lb.Retries)
+	case "lb_try_duration":
+		return duration(d, &lb.TryDuration)
+	case "lb_try_interval":
+		return duration(d, &lb.TryInterval)
+	}
+	return nil
+}
+
+// dynamicOption reads dynamic <source> ..., an http.reverse_proxy.upstreams
+// module with its own Caddyfile syntax.
+func (h *Handler) dynamicOption(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	if h.DynamicUpstreamsRaw != nil {
+		return d.Err("dynamic given twice")
+	}
+	name := d.Val()
+	unm, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.upstreams."+name)
+	if err != nil {
+		return err
+	}
+	src, ok := unm.(reverseproxy.UpstreamSource)
+	if !ok {
+		return d.Errf("module %s is not an upstream source", name)
+	}
+	h.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(src, "source", name, nil)
+	return nil
+}
+
+// healthOption reads an active or passive health check option.
+func (h *Handler) healthOption(d *caddyfile.Dispenser, opt string) error {
+	if h.HealthChecks == nil {
+		h.HealthChecks = new(HealthChecks)
+	}
+	hc := h.HealthChecks
+	if strings.HasPrefix(opt, "health_") {
+		if hc.Active == nil {
+			hc.Active = new(ActiveHealthChecks)
+		}
+	} else if hc.Passive == nil {
+		hc.Passive = new(PassiveHealthChecks)
+	}
+	switch opt {
+	case "health_uri":
+		return oneArg(d, &hc.Active.URI)
+	case "health_interval":
+		return duration(d, &hc.Active.Interval)
+	case "health_timeout":
+		return duration(d, &hc.Active.Timeout)
+	case "health_passes":
+		return count(d, &hc.Active.Passes)
+	case "health_fails":
+		return count(d, &hc.Active.Fails)
+	case "fail_duration":
+		return duration(d, &hc.Passive.FailDuration)
+	case "max_fails":
+		return count(d, &hc.Passive.MaxFails)
+	case "unhealthy_status":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, a := range args {
+			n, err := strconv.Atoi(a)
+			if err != nil || n < 100 || n > 599 || n == 101 {
+				return d.Errf("unhealthy_status: bad status %q (want e.g. 502 503)", a)
+			}
+			hc.Passive.UnhealthyStatus = append(hc.Passive.UnhealthyStatus, n)
+		}
 	}
 	return nil
 }
@@ -365,8 +484,6 @@ func rate(d *caddyfile.Dispenser, dst *float64) error {
 // The checks of enumerated options, shared by the Caddyfile and Validate.
 
 func checkMode(v string) error { return oneOf(v, "tunnel", "terminate") }
-
-func checkLBPolicy(v string) error { return oneOf(v, "first", "round_robin") }
 
 func checkCompression(v string) error { return oneOf(v, "on", "off") }
 

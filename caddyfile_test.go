@@ -70,7 +70,7 @@ func TestFullSyntax(t *testing.T) {
 	got, _ := json.Marshal(h)
 	want := `{"backend":{"idle_timeout":"5m0s","keepalive":"off"},` +
 		`"client":{"idle_timeout":"off","keepalive":"25s","pong_timeout":"10s","write_timeout":"5s"},` +
-		`"dial_timeout":2000000000,"handler":"websocket","handshake_timeout":3000000000,"lb_policy":"round_robin","mode":"tunnel",` +
+		`"dial_timeout":2000000000,"handler":"websocket","handshake_timeout":3000000000,"load_balancing":{"selection_policy":{"policy":"round_robin"}},"mode":"tunnel",` +
 		`"origins":["https://app.example.com","partner.example"],"to":["127.0.0.1:9000","127.0.0.1:9001","ws://127.0.0.1:9002"]}`
 	if string(got) != want {
 		t.Fatalf("adapted to\n%s\nwant\n%s", got, want)

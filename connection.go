@@ -37,6 +37,7 @@ type connection struct {
 	reservedIP  netip.Addr // the address counted against the connection limits
 	start       time.Time
 	lifetime    *time.Timer
+	release     func() // the upstream's least_conn count, given back at the end
 }
 
 func (h *Handler) newConnection(r *http.Request, id string, up upstream) *connection {
@@ -83,6 +84,9 @@ func (h *Handler) opened(c *connection) {
 // closed unregisters a finished connection and logs it, once.
 func (h *Handler) closed(c *connection, s relay.Summary) {
 	h.hub.remove(c.id)
+	if c.release != nil {
+		c.release()
+	}
 	countClose(s.Closer, s.Code)
 	addClosed(s)
 	cl, b := s.Legs.Client, s.Legs.Backend

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
@@ -61,52 +60,34 @@ func parseUpstream(s string) (upstream, error) {
 	return upstream{network: "tcp", addr: s, raw: s}, nil
 }
 
-// dial connects to the first backend that answers, starting where the
-// load-balancing policy says.
-func (h *Handler) dial(ctx context.Context) (net.Conn, upstream, *refusal) {
-	start := 0
-	if h.LBPolicy == "round_robin" {
-		start = int(h.rr.Add(1)-1) % len(h.upstream)
-	}
-	d := net.Dialer{Timeout: time.Duration(h.DialTimeout)}
-	if d.Timeout <= 0 {
-		d.Timeout = DefaultDialTimeout
-	}
-	var errs []string
-	for i := range h.upstream {
-		u := h.upstream[(start+i)%len(h.upstream)]
-		conn, err := d.DialContext(ctx, u.network, u.addr)
-		if err == nil {
-			return conn, u, nil
-		}
-		h.logger.Warn("websocket backend dial failed", zapUpstream(u), zap.Error(err))
-		errs = append(errs, u.raw+": "+dialReason(err))
-	}
-	return nil, upstream{}, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
-		reason: "no backend reachable (" + strings.Join(errs, "; ") + ")"}
-}
-
-// connect dials a backend and sends it the upgrade request of hs; see
-// connectRaw.
-func (h *Handler) connect(ctx context.Context, hs *handshake) *refusal {
-	return h.connectRaw(ctx, hs, writeRequest(hs.uri, hs.host, hs.hdr))
-}
-
-// connectRaw dials a backend, sends it req and reads its answer into hs.
-// A 101 is checked against hs.key; any other answer is left in hs.res for
-// the caller to pass on, with hs.backend open.
-func (h *Handler) connectRaw(ctx context.Context, hs *handshake, req []byte) *refusal {
-	backend, up, rf := h.dial(ctx)
+// connect dials a backend the selection policy picks and sends it the
+// upgrade request of hs; see handshakeWith.
+func (h *Handler) connect(ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+	backend, up, release, rf := h.dial(ctx, r, w)
 	hs.up = up
 	if rf != nil {
 		return rf
 	}
+	if rf := h.handshakeWith(ctx, hs, backend, writeRequest(hs.uri, hs.host, hs.hdr)); rf != nil {
+		release()
+		h.hub.failed(h, up, rf.reason)
+		return rf
+	}
+	hs.release = release
+	return nil
+}
+
+// handshakeWith runs TLS (for a TLS upstream) and the upgrade on a dialled
+// backend: it sends req and reads the answer into hs. A 101 is checked
+// against hs.key; any other answer is left in hs.res for the caller to pass
+// on, with hs.backend open. On a refusal the backend is closed.
+func (h *Handler) handshakeWith(ctx context.Context, hs *handshake, backend net.Conn, req []byte) *refusal {
 	hsTimeout := time.Duration(h.HandshakeTimeout)
 	if hsTimeout <= 0 {
 		hsTimeout = DefaultHandshakeTimeout
 	}
-	if up.tls {
-		tc, rf := h.startTLS(ctx, backend, up, hsTimeout)
+	if hs.up.tls {
+		tc, rf := h.startTLS(ctx, backend, hs.up, hsTimeout)
 		if rf != nil {
 			backend.Close()
 			return rf

@@ -35,6 +35,8 @@ type hub struct {
 	networks timeout.Networks
 	total    int                // live connections and handshakes under way
 	perIP    map[netip.Addr]int // the same, per client address
+	hosts    map[string]*hostHealth
+	loads    map[string]*loadCounter
 }
 
 func loadHub() (*hub, error) {
@@ -43,6 +45,8 @@ func loadHub() (*hub, error) {
 			conns:    make(map[string]*connection),
 			learners: make(map[string]*timeout.Learner),
 			perIP:    make(map[netip.Addr]int),
+			hosts:    make(map[string]*hostHealth),
+			loads:    make(map[string]*loadCounter),
 			networks: timeout.Networks{Limit: 4096},
 		}, nil
 	})
@@ -239,7 +243,7 @@ func (h *hub) retire(hd *Handler) {
 func (h *hub) successorLocked(c *connection) *Handler {
 	for i := len(h.handlers) - 1; i >= 0; i-- {
 		s := h.handlers[i]
-		if (s.Mode == "terminate") == (c.mode == "terminate") && slices.Contains(s.To, c.upstream) {
+		if (s.Mode == "terminate") == (c.mode == "terminate") && s.hasUpstream(c.upstream) {
 			return s
 		}
 	}

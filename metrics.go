@@ -125,12 +125,14 @@ var (
 		"Messages relayed, by the side that sent them.", []string{"from"}, nil)
 	descPings = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_pings_total",
 		"Keepalive pings the gateway sent, by side.", []string{"to"}, nil)
+	descHealthy = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_upstream_healthy",
+		"1 when the upstream is up, 0 when a health check marked it down.", []string{"upstream"}, nil)
 	descLearned = prometheus.NewDesc(metricsNS+"_"+metricsSub+"_learned_idle_timeout_seconds",
 		"Idle timeout learned per upstream (keepalive auto): the shortest silence before a drop.", []string{"upstream"}, nil)
 )
 
 func (hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOpen, descBytes, descMessages, descPings, descLearned} {
+	for _, d := range []*prometheus.Desc{descOpen, descBytes, descMessages, descPings, descLearned, descHealthy} {
 		ch <- d
 	}
 }
@@ -154,6 +156,13 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 				messages[i] += l.Messages
 				pings[i] += l.Pings
 			}
+		}
+		for up, s := range h.healthSnapshot() {
+			v := 1.0
+			if s.down {
+				v = 0
+			}
+			ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, up)
 		}
 		for up, l := range h.learnedTimeouts() {
 			learned[up] = l.Seconds()

@@ -63,13 +63,23 @@ func (tunnelMode) request(r *http.Request, hs *handshake) {
 // (subprotocol, extensions, cookies); a stream's 200 has no upgrade
 // headers and no accept key.
 func (tunnelMode) answer(_ *Handler, _ *http.Request, hs *handshake, out http.Header) *refusal {
-	for k, v := range hs.res.Header {
-		out[k] = v
-	}
+	copyHeaders(out, hs.res.Header)
 	if hs.extended {
 		dropUpgradeHeaders(out)
 	}
 	return nil
+}
+
+// copyHeaders puts the backend's headers on the client's answer; cookies
+// add to those already set (a cookie selection policy's).
+func copyHeaders(out, from http.Header) {
+	for k, v := range from {
+		if k == "Set-Cookie" {
+			out[k] = append(out[k], v...)
+			continue
+		}
+		out[k] = v
+	}
 }
 
 // dropUpgradeHeaders removes what an HTTP/1.1 upgrade answer has and an
@@ -137,7 +147,7 @@ func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http
 	}
 	for k, v := range hs.res.Header {
 		if !strings.HasPrefix(http.CanonicalHeaderKey(k), "Sec-Websocket-") {
-			out[k] = v
+			copyHeaders(out, http.Header{k: v})
 		}
 	}
 	if hs.extended {
@@ -211,17 +221,30 @@ func (h *Handler) redialer(hs *handshake, chosen string) func(context.Context) (
 	hdr.Del("Sec-WebSocket-Key")
 	req := writeRequest(hs.uri, hs.host, hdr)
 	head := slices.Clip(req[:len(req)-2]) // up to the blank line
+	prev := hs.up
 	return func(ctx context.Context) (net.Conn, []byte, error) {
-		key := newKey()
-		re := &handshake{key: key}
-		if rf := h.connectRaw(ctx, re, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
-			return nil, nil, rf
+		var errs []string
+		for _, u := range h.redialOrder(prev) {
+			conn, err := h.dialOne(ctx, u)
+			if err != nil {
+				h.hub.failed(h, u, "dial: "+dialReason(err))
+				errs = append(errs, u.raw+": "+dialReason(err))
+				continue
+			}
+			key := newKey()
+			re := &handshake{key: key, up: u}
+			if rf := h.handshakeWith(ctx, re, conn, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
+				errs = append(errs, u.raw+": "+rf.reason)
+				continue
+			}
+			if re.res.StatusCode != http.StatusSwitchingProtocols {
+				re.backend.Close()
+				errs = append(errs, fmt.Sprintf("%s: backend answered %s", u.raw, re.res.Status))
+				continue
+			}
+			return re.backend, buffered(re.br), nil
 		}
-		if re.res.StatusCode != http.StatusSwitchingProtocols {
-			re.backend.Close()
-			return nil, nil, fmt.Errorf("backend answered %s", re.res.Status)
-		}
-		return re.backend, buffered(re.br), nil
+		return nil, nil, fmt.Errorf("no backend reachable (%s)", strings.Join(errs, "; "))
 	}
 }
 

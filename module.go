@@ -10,9 +10,10 @@
 package websocket
 
 import (
+	"encoding/json"
 	"crypto/tls"
 	"fmt"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -106,9 +107,21 @@ type Handler struct {
 	// backend chooses none. Without it, the backend's choice is passed on.
 	Subprotocols []string `json:"subprotocols,omitempty"`
 
-	// LBPolicy picks the first backend to try: "first" (default) always
-	// starts with the first in To, "round_robin" rotates through them.
-	// Either way the others are tried in turn when one cannot be dialled.
+	// DynamicUpstreamsRaw is a http.reverse_proxy.upstreams module (a,
+	// srv, multi, …) whose upstreams are used beside To's, fetched for
+	// each connection. Default: none.
+	DynamicUpstreamsRaw json.RawMessage `json:"dynamic_upstreams,omitempty" caddy:"namespace=http.reverse_proxy.upstreams inline_key=source"`
+
+	// LoadBalancing picks each connection's upstream (reverse_proxy's
+	// selection policies). Default: the first healthy upstream, then the
+	// others in turn when one cannot be dialled.
+	LoadBalancing *LoadBalancing `json:"load_balancing,omitempty"`
+
+	// HealthChecks marks upstreams down and up. Default: none.
+	HealthChecks *HealthChecks `json:"health_checks,omitempty"`
+
+	// LBPolicy is a selection policy by name, without options, as earlier
+	// versions wrote it; LoadBalancing takes precedence. Deprecated.
 	LBPolicy string `json:"lb_policy,omitempty"`
 
 	// DialTimeout bounds the TCP connect to one backend. Default 5s.
@@ -166,10 +179,9 @@ type Handler struct {
 	Backend *LegConfig `json:"backend,omitempty"`
 
 	origins   upgrade.Origins
-	upstream  []upstream
+	pool      upstreamPool
 	tlsConfig *tls.Config // for TLS upstreams
 	policy    relay.PerSide[timeout.Policy]
-	rr        *atomic.Uint64 // round-robin cursor
 	hub       *hub
 	holdsHub  bool // Provision took a hold on the hub that Cleanup must release
 	logger    *zap.Logger
@@ -293,18 +305,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.origins, err = upgrade.ParseOrigins(h.Origins); err != nil {
 		return err
 	}
-	h.upstream = h.upstream[:0]
+	if err := h.loadUpstreams(ctx); err != nil {
+		return err
+	}
 	anyTLS := h.TLS != nil
-	for _, a := range h.To {
-		u, err := parseUpstream(a)
-		if err != nil {
-			return err
-		}
-		if h.TLS != nil && u.network == "tcp" {
-			u.tls = true
-		}
+	for _, u := range h.pool.static {
 		anyTLS = anyTLS || u.tls
-		h.upstream = append(h.upstream, u)
+	}
+	for _, t := range h.pool.templated {
+		anyTLS = anyTLS || strings.HasPrefix(t, "wss://") || strings.HasPrefix(t, "https://")
 	}
 	if anyTLS {
 		tc := h.TLS
@@ -319,7 +328,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.tlsConfig.NextProtos = []string{"http/1.1"}
 	}
-	h.rr = new(atomic.Uint64)
 	h.policy.Client = h.Client.policy()
 	h.policy.Backend = h.Backend.policy()
 	if h.hub, err = loadHub(); err != nil {
@@ -327,22 +335,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.holdsHub = true
 	h.hub.register(h)
+	h.startActiveChecks(ctx)
 	return nil
 }
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if len(h.To) == 0 {
-		return fmt.Errorf("websocket: no upstream: set 'to'")
+	if len(h.To) == 0 && h.DynamicUpstreamsRaw == nil && h.pool.dynamic == nil {
+		return fmt.Errorf("websocket: no upstream: set 'to' or dynamic upstreams")
 	}
 	if err := checkMode(h.Mode); err != nil {
 		return fmt.Errorf("websocket: mode: %v", err)
 	}
 	if err := checkCompression(h.Compression); err != nil {
 		return fmt.Errorf("websocket: compression: %v", err)
-	}
-	if err := checkLBPolicy(h.LBPolicy); err != nil {
-		return fmt.Errorf("websocket: lb_policy: %v", err)
 	}
 	if h.Mode != "terminate" {
 		switch {

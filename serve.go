@@ -54,6 +54,7 @@ type handshake struct {
 	br       *bufio.Reader // the backend's handshake reader; holds bytes past the 101
 	res      *http.Response
 	pol      relay.PerSide[timeout.Policy]
+	release  func() // gives back the upstream's least_conn count
 
 	// What the gateway's own 101 chose (terminate mode).
 	subprotocol string
@@ -86,10 +87,18 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	hs.hdr.Set(IDHeader, hs.id)
 	m.request(r, hs)
 
-	if rf := h.connect(r.Context(), hs); rf != nil {
+	if rf := h.connect(r.Context(), r, w, hs); rf != nil {
 		return h.backendFailed(w, r, hs.up, rf)
 	}
+	defer func() {
+		if !relaying {
+			hs.release()
+		}
+	}()
 	if hs.res.StatusCode != http.StatusSwitchingProtocols {
+		if h.unhealthyStatus(hs.res.StatusCode) {
+			h.hub.failed(h, hs.up, fmt.Sprintf("answered %d", hs.res.StatusCode))
+		}
 		countUpgrade(protoName(r), "backend_refused")
 		h.passThrough(w, r, hs.up, hs.res)
 		hs.backend.Close()
@@ -113,6 +122,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	c := h.newConnection(r, hs.id, hs.up)
+	c.release = hs.release
 	c.relay = m.relay(h, c, hs, client)
 	relaying = true
 	h.opened(c)

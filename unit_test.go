@@ -2,16 +2,13 @@ package websocket
 
 import (
 	"context"
-	"net"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // TestForwardedFor: the client's address is appended to X-Forwarded-For
@@ -77,62 +74,6 @@ func TestParseUpstream(t *testing.T) {
 	}
 }
 
-// TestRoundRobin: each dial starts one further along the list, and an
-// upstream that cannot be dialled is skipped for the next; with first, the
-// first reachable one always wins.
-func TestRoundRobin(t *testing.T) {
-	var accepted [3]atomic.Int32
-	var addrs []string
-	for i := range 3 {
-		if i == 1 {
-			// A port with nothing behind it.
-			l, _ := net.Listen("tcp", "127.0.0.1:0")
-			addrs = append(addrs, l.Addr().String())
-			l.Close()
-			continue
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				accepted[i].Add(1)
-				c.Close()
-			}
-		}()
-		addrs = append(addrs, l.Addr().String())
-	}
-	for _, policy := range []string{"round_robin", "first"} {
-		h := &Handler{To: addrs, LBPolicy: policy, rr: new(atomic.Uint64), logger: zap.NewNop()}
-		for _, a := range addrs {
-			u, _ := parseUpstream(a)
-			h.upstream = append(h.upstream, u)
-		}
-		var order []string
-		for range 6 {
-			c, up, rf := h.dial(context.Background())
-			if rf != nil {
-				t.Fatal(rf)
-			}
-			c.Close()
-			order = append(order, up.raw)
-		}
-		want := []string{addrs[0], addrs[2], addrs[2], addrs[0], addrs[2], addrs[2]}
-		if policy == "first" {
-			want = []string{addrs[0], addrs[0], addrs[0], addrs[0], addrs[0], addrs[0]}
-		}
-		if strings.Join(order, " ") != strings.Join(want, " ") {
-			t.Errorf("%s: dialled %v, want %v", policy, order, want)
-		}
-	}
-}
-
 // TestValidate: every combination the handler refuses, with its reason.
 func TestValidate(t *testing.T) {
 	to := []string{"127.0.0.1:9000"}
@@ -146,7 +87,6 @@ func TestValidate(t *testing.T) {
 		{Handler{To: to, Compression: "off"}, "need mode terminate"},
 		{Handler{To: to, MaxMessageRate: 5}, "needs mode terminate"},
 		{Handler{To: to, Mode: "terminate", Compression: "max"}, `compression: unknown value "max"`},
-		{Handler{To: to, LBPolicy: "fastest"}, `lb_policy: unknown value "fastest"`},
 		{Handler{To: to, Mode: "terminate", Client: &LegConfig{OnClose: "reconnect"}}, "on_close belongs in the backend block"},
 		{Handler{To: to, Mode: "terminate", Backend: &LegConfig{OnClose: "retry"}}, `on_close: unknown value "retry"`},
 		{Handler{To: to, Client: &LegConfig{PongTimeout: Auto}}, "only keepalive can be auto"},

@@ -1,0 +1,330 @@
+package websocket
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
+)
+
+// HealthChecks marks upstreams down and up, with the names and meaning of
+// reverse_proxy's health_checks. An upstream that is down is skipped by
+// every selection policy; when all are down, upgrades get 502.
+type HealthChecks struct {
+	// Active checks open a WebSocket to each upstream on a schedule.
+	Active *ActiveHealthChecks `json:"active,omitempty"`
+	// Passive checks count the failures of real connections.
+	Passive *PassiveHealthChecks `json:"passive,omitempty"`
+}
+
+// ActiveHealthChecks speak WebSocket: a handshake on URI, then a Ping that
+// must be answered with a Pong, then a Close. Only the upstreams listed in
+// to are checked (not placeholders or dynamic ones, as in reverse_proxy).
+type ActiveHealthChecks struct {
+	// URI is the path (and query) of the check's upgrade request. Default
+	// "/".
+	URI string `json:"uri,omitempty"`
+	// Interval between checks of one upstream. Default 30s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+	// Timeout bounds one check, from dial to Pong. Default 5s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Passes is how many checks in a row an upstream that is down must
+	// pass to be up again. Default 1.
+	Passes int `json:"passes,omitempty"`
+	// Fails is how many checks in a row an upstream must fail to be down.
+	// Default 1.
+	Fails int `json:"fails,omitempty"`
+}
+
+// PassiveHealthChecks count what real connections meet: a dial that fails,
+// a TLS or handshake failure, or an answer with a status listed in
+// UnhealthyStatus.
+type PassiveHealthChecks struct {
+	// FailDuration is how long a failure counts. Default 0: passive checks
+	// are off.
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+	// MaxFails is how many failures within FailDuration mark the upstream
+	// down. Default 1.
+	MaxFails int `json:"max_fails,omitempty"`
+	// UnhealthyStatus lists backend answers (instead of 101) that count as
+	// failures, e.g. 502, 503. Default none: a non-101 answer is the
+	// backend's to give, and is passed to the client.
+	UnhealthyStatus []int `json:"unhealthy_status,omitempty"`
+}
+
+// HealthCheckHeader marks the active checks' upgrade requests, so that a
+// backend can tell them from users.
+const HealthCheckHeader = "X-Websocket-Health-Check"
+
+// hostHealth is what is known of one upstream's health. It lives in the
+// hub, so it survives reloads.
+type hostHealth struct {
+	mu         sync.Mutex
+	activeDown bool
+	passes     int         // active checks passed in a row
+	fails      int         // active checks failed in a row
+	failTimes  []time.Time // passive failures, oldest first
+	lastReason string
+	down       atomic.Bool // the last verdict, for metrics and the admin view
+}
+
+// health returns (and creates) the health record of an upstream.
+func (h *hub) health(raw string) *hostHealth {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	hh := h.hosts[raw]
+	if hh == nil {
+		hh = &hostHealth{}
+		h.hosts[raw] = hh
+	}
+	return hh
+}
+
+// load returns the least_conn counter of an upstream.
+func (h *hub) load(raw string) *loadCounter {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.loads[raw]
+	if c == nil {
+		c = new(loadCounter)
+		h.loads[raw] = c
+	}
+	return c
+}
+
+// healthy reports whether the upstream may be picked under hd's passive
+// policy and the active checks' verdict.
+func (hd *Handler) healthy(raw string) bool {
+	hh := hd.hub.health(raw)
+	hh.mu.Lock()
+	defer hh.mu.Unlock()
+	down := hh.activeDown
+	if p := hd.passive(); p != nil {
+		cut := time.Now().Add(-time.Duration(p.FailDuration))
+		i := 0
+		for i < len(hh.failTimes) && hh.failTimes[i].Before(cut) {
+			i++
+		}
+		hh.failTimes = hh.failTimes[i:]
+		down = down || len(hh.failTimes) >= max(p.MaxFails, 1)
+	}
+	if was := hh.down.Swap(down); was && !down {
+		hd.logger.Info("websocket upstream healthy again", zap.String("upstream", raw))
+	}
+	return !down
+}
+
+func (hd *Handler) passive() *PassiveHealthChecks {
+	if hd.HealthChecks == nil || hd.HealthChecks.Passive == nil || hd.HealthChecks.Passive.FailDuration <= 0 {
+		return nil
+	}
+	return hd.HealthChecks.Passive
+}
+
+// failed counts a passive failure of an upstream.
+func (h *hub) failed(hd *Handler, u upstream, reason string) {
+	p := hd.passive()
+	if p == nil {
+		return
+	}
+	hh := h.health(u.raw)
+	hh.mu.Lock()
+	hh.failTimes = append(hh.failTimes, time.Now())
+	hh.lastReason = reason
+	n := len(hh.failTimes)
+	hh.mu.Unlock()
+	if n == max(p.MaxFails, 1) && !hh.down.Swap(true) {
+		hd.logger.Warn("websocket upstream unhealthy", zap.String("upstream", u.raw), zap.String("check", "passive"),
+			zap.String("reason", reason), zap.Int("fails", n), zap.Duration("fail_duration", time.Duration(p.FailDuration)))
+	}
+}
+
+// unhealthyStatus reports whether a backend's answer counts as a failure.
+func (hd *Handler) unhealthyStatus(status int) bool {
+	p := hd.passive()
+	return p != nil && slices.Contains(p.UnhealthyStatus, status)
+}
+
+// startActiveChecks runs the active checks of a provisioned handler until
+// its config is unloaded.
+func (hd *Handler) startActiveChecks(ctx caddy.Context) {
+	if hd.HealthChecks == nil || hd.HealthChecks.Active == nil {
+		return
+	}
+	a := hd.HealthChecks.Active
+	interval := time.Duration(a.Interval)
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			for _, u := range hd.pool.static {
+				hd.activeCheck(ctx, u)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// activeCheck checks one upstream and records the verdict.
+func (hd *Handler) activeCheck(ctx context.Context, u upstream) {
+	a := hd.HealthChecks.Active
+	err := hd.probeHealth(ctx, u)
+	hh := hd.hub.health(u.raw)
+	hh.mu.Lock()
+	var changed, nowDown bool
+	if err == nil {
+		hh.fails = 0
+		hh.passes++
+		if hh.activeDown && hh.passes >= max(a.Passes, 1) {
+			hh.activeDown, changed = false, true
+		}
+	} else {
+		hh.passes = 0
+		hh.fails++
+		hh.lastReason = err.Error()
+		if !hh.activeDown && hh.fails >= max(a.Fails, 1) {
+			hh.activeDown, changed, nowDown = true, true, true
+		}
+	}
+	hh.mu.Unlock()
+	switch {
+	case changed && nowDown:
+		hh.down.Store(true)
+		hd.logger.Warn("websocket upstream unhealthy", zap.String("upstream", u.raw), zap.String("check", "active"), zap.Error(err))
+	case changed:
+		hd.healthy(u.raw) // logs the recovery unless passive failures still count
+	}
+}
+
+// probeHealth is one active check: the same dial path as a connection
+// (TLS included), an upgrade to the check's URI, a Ping answered by a
+// Pong, a Close.
+func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
+	a := hd.HealthChecks.Active
+	timeout := time.Duration(a.Timeout)
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := hd.dialOne(ctx, u)
+	if err != nil {
+		return fmt.Errorf("dial: %s", dialReason(err))
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	if u.tls {
+		cfg := hd.tlsConfig.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(u.addr)
+		}
+		tc := tls.Client(conn, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fmt.Errorf("TLS: %v", err)
+		}
+		conn = tc
+	}
+	uri := a.URI
+	if uri == "" {
+		uri = "/"
+	}
+	key := newKey()
+	hdr := http.Header{}
+	hdr.Set("Connection", "Upgrade")
+	hdr.Set("Upgrade", "websocket")
+	hdr.Set("Sec-WebSocket-Version", upgrade.Version)
+	hdr.Set("Sec-WebSocket-Key", key)
+	hdr.Set(HealthCheckHeader, "1")
+	host := u.addr
+	if u.network == "unix" {
+		host = "localhost"
+	}
+	if _, err := conn.Write(writeRequest(uri, host, hdr)); err != nil {
+		return err
+	}
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return fmt.Errorf("handshake: %v", err)
+	}
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("handshake: status %d", res.StatusCode)
+	}
+	if e := upgrade.CheckResponse(res, key); e != nil {
+		return fmt.Errorf("handshake: %s", e.Reason)
+	}
+	payload := []byte("health check")
+	if _, err := conn.Write(frame.AppendFrame(nil, frame.OpPing, payload, true, frame.NewKey(true))); err != nil {
+		return err
+	}
+	for {
+		var hb [frame.MaxHeaderSize]byte
+		if _, err := io.ReadFull(br, hb[:2]); err != nil {
+			return fmt.Errorf("waiting for Pong: %v", err)
+		}
+		n := frame.HeaderSize(hb[0], hb[1])
+		if _, err := io.ReadFull(br, hb[2:n]); err != nil {
+			return fmt.Errorf("waiting for Pong: %v", err)
+		}
+		fh, _, err := frame.ParseHeader(hb[:n])
+		if err != nil || fh.Length > 1<<20 {
+			return fmt.Errorf("waiting for Pong: bad frame")
+		}
+		p := make([]byte, fh.Length)
+		if _, err := io.ReadFull(br, p); err != nil {
+			return fmt.Errorf("waiting for Pong: %v", err)
+		}
+		switch fh.Op {
+		case frame.OpPong:
+			conn.Write(frame.AppendClose(nil, frame.CloseNormal, "health check done", true, frame.NewKey(true)))
+			return nil
+		case frame.OpClose:
+			return fmt.Errorf("closed instead of answering the Ping")
+		}
+	}
+}
+
+// healthState is one upstream's health as the admin API and metrics show
+// it.
+type healthState struct {
+	down   bool
+	reason string
+}
+
+// healthSnapshot returns the health of every upstream seen.
+func (h *hub) healthSnapshot() map[string]healthState {
+	h.mu.Lock()
+	hosts := make(map[string]*hostHealth, len(h.hosts))
+	for k, v := range h.hosts {
+		hosts[k] = v
+	}
+	h.mu.Unlock()
+	out := make(map[string]healthState, len(hosts))
+	for k, hh := range hosts {
+		hh.mu.Lock()
+		out[k] = healthState{down: hh.down.Load(), reason: hh.lastReason}
+		hh.mu.Unlock()
+	}
+	return out
+}

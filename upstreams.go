@@ -1,0 +1,297 @@
+package websocket
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+)
+
+// LoadBalancing picks the upstream of each connection, with the names and
+// meaning of reverse_proxy's load_balancing.
+type LoadBalancing struct {
+	// SelectionPolicyRaw is a http.reverse_proxy.selection_policies
+	// module: random, random_choose, least_conn, round_robin,
+	// weighted_round_robin, first, ip_hash, client_ip_hash, uri_hash,
+	// query, header, cookie. Caddy's own modules make the choice;
+	// least_conn counts the upstream's live WebSockets and handshakes
+	// under way (reverse_proxy's request counters are its own). Default:
+	// first.
+	SelectionPolicyRaw json.RawMessage `json:"selection_policy,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
+	// Retries is how many more upstreams are tried after one cannot be
+	// dialled or fails the handshake with a dial-level error. Default:
+	// every upstream once.
+	Retries int `json:"retries,omitempty"`
+
+	// TryDuration keeps retrying, every TryInterval, for this long after
+	// the first attempt, upstreams that failed included (a backend that is
+	// restarting). Default 0: no waiting.
+	TryDuration caddy.Duration `json:"try_duration,omitempty"`
+
+	// TryInterval is the wait between retries within TryDuration.
+	// Default 250ms.
+	TryInterval caddy.Duration `json:"try_interval,omitempty"`
+}
+
+// upstreamPool is what the handler dials from.
+type upstreamPool struct {
+	static    []upstream                  // parsed To entries without placeholders
+	templated []string                    // To entries with placeholders, resolved per request
+	dynamic   reverseproxy.UpstreamSource // nil without dynamic upstreams
+	selector  reverseproxy.Selector
+	leastConn bool // the selector is least_conn: count live WebSockets
+	tls       bool // the handler's TLS applies to host:port upstreams
+}
+
+// candidates returns the upstreams a request may go to: the static ones,
+// the templated ones with the request's placeholders filled in, and the
+// dynamic source's.
+func (h *Handler) candidates(r *http.Request) ([]upstream, *refusal) {
+	p := &h.pool
+	out := append([]upstream(nil), p.static...)
+	if len(p.templated) > 0 {
+		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		for _, t := range p.templated {
+			addr := t
+			if repl != nil {
+				addr = repl.ReplaceAll(t, "")
+			}
+			u, err := parseUpstream(addr)
+			if err != nil {
+				return nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
+					reason: fmt.Sprintf("upstream %s resolved to %q: %v", t, addr, err)}
+			}
+			u.tls = u.tls || p.tls && u.network == "tcp"
+			out = append(out, u)
+		}
+	}
+	if p.dynamic != nil {
+		ups, err := p.dynamic.GetUpstreams(r)
+		if err != nil {
+			h.logger.Warn("websocket dynamic upstreams failed", zap.Error(err))
+		}
+		for _, du := range ups {
+			u, err := parseUpstream(du.Dial)
+			if err != nil {
+				continue
+			}
+			u.tls = u.tls || p.tls && u.network == "tcp"
+			out = append(out, u)
+		}
+	}
+	if len(out) == 0 {
+		return nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: "no upstreams available"}
+	}
+	return out, nil
+}
+
+// choose picks one of avail (none tried yet, all healthy) with the
+// selection policy, or nil when the policy finds none available.
+func (h *Handler) choose(avail []upstream, r *http.Request, w http.ResponseWriter) *upstream {
+	if len(avail) == 0 {
+		return nil
+	}
+	if h.pool.leastConn {
+		return h.leastConn(avail)
+	}
+	pool := make(reverseproxy.UpstreamPool, len(avail))
+	for i := range avail {
+		pool[i] = &reverseproxy.Upstream{Host: new(reverseproxy.Host), Dial: avail[i].raw}
+	}
+	picked := h.pool.selector.Select(pool, r, w)
+	for i := range pool {
+		if pool[i] == picked {
+			return &avail[i]
+		}
+	}
+	return nil
+}
+
+// leastConn is least_conn over live WebSockets: the upstream with the
+// fewest connections and handshakes under way, ties broken at random.
+func (h *Handler) leastConn(avail []upstream) *upstream {
+	var best *upstream
+	least, ties := int64(-1), 0
+	for i := range avail {
+		n := h.hub.load(avail[i].raw).Load()
+		switch {
+		case least < 0 || n < least:
+			best, least, ties = &avail[i], n, 1
+		case n == least:
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = &avail[i]
+			}
+		}
+	}
+	return best
+}
+
+// dial connects to an upstream the policy picks, trying others (and, with
+// TryDuration, the same again) when one cannot be dialled. The returned
+// release gives back the upstream's least_conn count; the connection's
+// record keeps it until the connection ends.
+func (h *Handler) dial(ctx context.Context, r *http.Request, w http.ResponseWriter) (net.Conn, upstream, func(), *refusal) {
+	all, rf := h.candidates(r)
+	if rf != nil {
+		return nil, upstream{}, nil, rf
+	}
+	lb := h.LoadBalancing
+	if lb == nil {
+		lb = &LoadBalancing{}
+	}
+	retries := len(all) - 1
+	if lb.Retries > 0 {
+		retries = lb.Retries
+	}
+	interval := time.Duration(lb.TryInterval)
+	if interval <= 0 {
+		interval = 250 * time.Millisecond
+	}
+	deadline := time.Now().Add(time.Duration(lb.TryDuration))
+	tried := map[string]bool{}
+	var errs []string
+	for attempt := 0; ; attempt++ {
+		var avail []upstream
+		for _, u := range all {
+			if !tried[u.raw] && h.healthy(u.raw) {
+				avail = append(avail, u)
+			}
+		}
+		u := h.choose(avail, r, w)
+		if u != nil {
+			tried[u.raw] = true
+			load := h.hub.load(u.raw)
+			load.Add(1)
+			release := sync.OnceFunc(func() { load.Add(-1) })
+			conn, err := h.dialOne(ctx, *u)
+			if err == nil {
+				return conn, *u, release, nil
+			}
+			release()
+			h.hub.failed(h, *u, "dial: "+dialReason(err))
+			h.logger.Warn("websocket backend dial failed", zapUpstream(*u), zap.Error(err))
+			errs = append(errs, u.raw+": "+dialReason(err))
+		}
+		more := u != nil && attempt < retries
+		if !more && time.Now().Before(deadline) && ctx.Err() == nil {
+			// Within try_duration: wait, then try them all again.
+			select {
+			case <-ctx.Done():
+			case <-time.After(interval):
+			}
+			clear(tried)
+			more = true
+		}
+		if !more {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, upstream{}, nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
+			reason: "no healthy backend (" + strings.Join(rawOf(all), ", ") + ")"}
+	}
+	return nil, upstream{}, nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
+		reason: "no backend reachable (" + strings.Join(errs, "; ") + ")"}
+}
+
+func rawOf(us []upstream) []string {
+	out := make([]string, len(us))
+	for i, u := range us {
+		out[i] = u.raw
+	}
+	return out
+}
+
+// dialOne opens the TCP (or Unix) connection to one upstream.
+func (h *Handler) dialOne(ctx context.Context, u upstream) (net.Conn, error) {
+	d := net.Dialer{Timeout: time.Duration(h.DialTimeout)}
+	if d.Timeout <= 0 {
+		d.Timeout = DefaultDialTimeout
+	}
+	return d.DialContext(ctx, u.network, u.addr)
+}
+
+// redialOrder is the order a reconnect tries upstreams in: the one the
+// connection had, then the other static ones. (The selection policy may
+// need the client's request, which a long-lived connection does not keep.)
+func (h *Handler) redialOrder(prev upstream) []upstream {
+	out := []upstream{prev}
+	for _, u := range h.pool.static {
+		if u.raw != prev.raw && h.healthy(u.raw) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// loadUpstreams sets up the pool at provisioning.
+func (h *Handler) loadUpstreams(ctx caddy.Context) error {
+	h.pool = upstreamPool{tls: h.TLS != nil}
+	for _, a := range h.To {
+		if strings.Contains(a, "{") {
+			h.pool.templated = append(h.pool.templated, a)
+			continue
+		}
+		u, err := parseUpstream(a)
+		if err != nil {
+			return err
+		}
+		u.tls = u.tls || h.TLS != nil && u.network == "tcp"
+		h.pool.static = append(h.pool.static, u)
+	}
+	if h.DynamicUpstreamsRaw != nil {
+		mod, err := ctx.LoadModule(h, "DynamicUpstreamsRaw")
+		if err != nil {
+			return fmt.Errorf("websocket: dynamic upstreams: %v", err)
+		}
+		h.pool.dynamic = mod.(reverseproxy.UpstreamSource)
+	}
+	lb := h.LoadBalancing
+	if lb == nil && h.LBPolicy != "" {
+		// lb_policy as a plain string (JSON written for earlier versions).
+		lb = &LoadBalancing{SelectionPolicyRaw: json.RawMessage(fmt.Sprintf(`{"policy":%q}`, h.LBPolicy))}
+		h.LoadBalancing = lb
+	}
+	if lb != nil && lb.SelectionPolicyRaw != nil {
+		mod, err := ctx.LoadModule(lb, "SelectionPolicyRaw")
+		if err != nil {
+			return fmt.Errorf("websocket: selection policy: %v", err)
+		}
+		h.pool.selector = mod.(reverseproxy.Selector)
+	} else {
+		h.pool.selector = reverseproxy.FirstSelection{}
+	}
+	_, h.pool.leastConn = h.pool.selector.(*reverseproxy.LeastConnSelection)
+	return nil
+}
+
+// hasUpstream reports whether the handler may send a connection to the
+// upstream raw: it is configured, or comes from placeholders or a dynamic
+// source (which may yield it again).
+func (h *Handler) hasUpstream(raw string) bool {
+	if len(h.pool.templated) > 0 || h.pool.dynamic != nil {
+		return true
+	}
+	for _, u := range h.pool.static {
+		if u.raw == raw {
+			return true
+		}
+	}
+	return false
+}
+
+// loadCounter counts one upstream's live WebSockets and handshakes under
+// way, for least_conn.
+type loadCounter = atomic.Int64
