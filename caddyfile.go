@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -260,10 +261,19 @@ func (h *Handler) tlsOption(d *caddyfile.Dispenser, opt string) error {
 	case "tls_timeout":
 		return duration(d, &h.TLS.HandshakeTimeout)
 	case "tls_trusted_ca_certs":
+		// reverse_proxy's older name for a file trust pool.
 		if h.TLS.CARaw != nil {
 			return d.Err("cannot specify both 'tls_trust_pool' and 'tls_trusted_ca_certs'")
 		}
-		return strings1(d, &h.TLS.RootCAPEMFiles)
+		var files []string
+		if err := strings1(d, &files); err != nil {
+			return err
+		}
+		raw, err := json.Marshal(map[string]any{"provider": "file", "pem_files": files})
+		if err != nil {
+			return err
+		}
+		h.TLS.CARaw = raw
 	case "tls_client_auth":
 		args := d.RemainingArgs()
 		if len(args) != 2 {
@@ -274,11 +284,8 @@ func (h *Handler) tlsOption(d *caddyfile.Dispenser, opt string) error {
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
-		if len(h.TLS.RootCAPEMFiles) != 0 {
-			return d.Err("cannot specify both 'tls_trust_pool' and 'tls_trusted_ca_certs'")
-		}
 		if h.TLS.CARaw != nil {
-			return d.Err("tls_trust_pool given twice")
+			return d.Err("tls_trust_pool given twice, or beside tls_trusted_ca_certs")
 		}
 		stem := d.Val()
 		unm, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+stem)

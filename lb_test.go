@@ -21,7 +21,6 @@ type namedBackend struct {
 	name, addr string
 	mu         sync.Mutex
 	srv        *httptest.Server
-	open       sync.WaitGroup
 	conns      int
 }
 

@@ -10,8 +10,8 @@
 package websocket
 
 import (
-	"encoding/json"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
