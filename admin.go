@@ -128,13 +128,20 @@ func (a AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 	now := time.Now()
 	out := struct {
 		Total       int        `json:"total"`
+		Draining    bool       `json:"draining,omitempty"` // a stop is closing them over its drain window
 		Connections []connView `json:"connections"`
 		Next        string     `json:"next,omitempty"`
-	}{Total: len(all), Connections: make([]connView, 0, len(page)), Next: next}
+	}{Total: len(all), Draining: anyDraining(), Connections: make([]connView, 0, len(page)), Next: next}
 	for _, c := range page {
 		out.Connections = append(out.Connections, c.view(now))
 	}
 	return writeJSON(w, out)
+}
+
+func anyDraining() bool {
+	d := false
+	eachHub(func(h *hub) { d = d || h.draining.Load() })
+	return d
 }
 
 // close ends a connection cleanly with the given code and reason.

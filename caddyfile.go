@@ -43,6 +43,7 @@ import (
 //	    max_lifetime <duration>
 //	    close_reason <text>
 //	    reload_close_delay <duration>
+//	    drain_window <duration>|off
 //	    max_connections <n>
 //	    max_connections_per_ip <n>
 //	    max_message_rate <n>
@@ -107,6 +108,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = duration(d, &h.MaxLifetime)
 		case "reload_close_delay":
 			err = duration(d, &h.ReloadCloseDelay)
+		case "drain_window":
+			err = timeoutArg(d, &h.DrainWindow, true, false)
 		case "max_connections":
 			err = count(d, &h.MaxConnections)
 		case "max_connections_per_ip":

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,6 +37,10 @@ type hub struct {
 	total    int                // live connections and handshakes under way
 	perIP    map[netip.Addr]int // the same, per client address
 	hosts    map[string]*hostHealth
+	// drainWindow is how long a stop spreads its closes over; draining is
+	// set once it started.
+	drainWindow time.Duration
+	draining    atomic.Bool
 	loads    map[string]*loadCounter
 }
 
@@ -198,6 +203,8 @@ func (h *hub) ownerOf(c *connection) *Handler {
 func (h *hub) register(hd *Handler) {
 	h.mu.Lock()
 	h.handlers = append(h.handlers, hd)
+	// The newest config's window is the one a stop drains over.
+	h.drainWindow = hd.DrainWindow.or(DefaultDrainWindow)
 	h.mu.Unlock()
 }
 
@@ -272,21 +279,66 @@ func (c *connection) policies() (client, backend timeout.Policy) {
 	return p.Client, p.Backend
 }
 
+// drainSlotMax bounds the share of the drain window one connection takes.
+const drainSlotMax = 50 * time.Millisecond
+
+// drain returns the drain window in force.
+func (h *hub) drain() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.drainWindow
+}
+
 // jitter returns d scaled by a random factor in [1+lo, 1+hi].
 func jitter(d time.Duration, lo, hi float64) time.Duration {
 	return time.Duration(float64(d) * (1 + lo + rand.Float64()*(hi-lo)))
 }
 
 // Destruct closes every live connection with 1001: Caddy is stopping.
+// The closes are spread at random over the drain window, so that the
+// clients' reconnects reach the remaining instances spread out too, not in
+// one burst; Destruct returns once they are all closed (or the window and
+// a close grace period are over), within Caddy's own shutdown.
 func (h *hub) Destruct() error {
 	h.mu.Lock()
 	all := make([]*connection, 0, len(h.conns))
 	for _, c := range h.conns {
 		all = append(all, c)
 	}
+	window := h.drainWindow
+	h.draining.Store(true)
 	h.mu.Unlock()
-	for _, c := range all {
+	if window <= 0 || len(all) < 2 {
+		for _, c := range all {
+			c.relay.Close(frame.CloseGoingAway, "server shutting down")
+			countDrained()
+		}
+		return nil
+	}
+	// A handful of connections make no storm: no need to hold the stop
+	// for the whole window.
+	window = min(window, time.Duration(len(all))*drainSlotMax)
+	start := time.Now()
+	rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	for i, c := range all {
+		// Evenly spaced, each moved by up to half a slot, so the order is
+		// random and the rate flat.
+		slot := window / time.Duration(len(all))
+		at := time.Duration(i)*slot + time.Duration(rand.Int64N(int64(slot)+1)) - slot/2
+		if d := time.Until(start.Add(at)); d > 0 {
+			time.Sleep(d)
+		}
 		c.relay.Close(frame.CloseGoingAway, "server shutting down")
+		countDrained()
+	}
+	// Give the last ones their closing handshake.
+	for end := time.Now().Add(DefaultCloseGrace); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		h.mu.Lock()
+		n := len(h.conns)
+		h.mu.Unlock()
+		if n == 0 {
+			break
+		}
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ var wsMetrics = struct {
 	upgrades   *prometheus.CounterVec
 	closes     *prometheus.CounterVec
 	reconnects prometheus.Counter
+	drained    prometheus.Counter
 	rtt        *prometheus.HistogramVec
 	hub        *hubCollector
 }{}
@@ -38,6 +39,10 @@ func initMetrics(reg *prometheus.Registry) error {
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "closes_total",
 			Help: "Finished connections by who closed (client, backend, gateway) and Close code (1006: vanished without one).",
 		}, []string{"closer", "code"})
+		wsMetrics.drained = prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "drained_total",
+			Help: "Connections closed by a Caddy stop's drain (1001, spread over drain_window).",
+		})
 		wsMetrics.reconnects = prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "reconnects_total",
 			Help: "Backend connections re-dialled under a connected client (terminate mode).",
@@ -49,7 +54,7 @@ func initMetrics(reg *prometheus.Registry) error {
 		}, []string{"side"})
 		wsMetrics.hub = &hubCollector{}
 	})
-	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.reconnects, wsMetrics.rtt, wsMetrics.hub} {
+	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.drained, wsMetrics.reconnects, wsMetrics.rtt, wsMetrics.hub} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -69,6 +74,12 @@ func countUpgrade(proto, result string) {
 func countClose(closer string, code frame.StatusCode) {
 	if wsMetrics.closes != nil {
 		wsMetrics.closes.WithLabelValues(closer, codeLabel(code)).Inc()
+	}
+}
+
+func countDrained() {
+	if wsMetrics.drained != nil {
+		wsMetrics.drained.Inc()
 	}
 }
 

@@ -50,6 +50,8 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultReloadCloseDelay = 5 * time.Second
 	DefaultCloseReason      = "max lifetime reached"
+	DefaultDrainWindow      = 5 * time.Second
+	DefaultCloseGrace       = 5 * time.Second
 )
 
 // Handler is the websocket gateway, Caddy module http.handlers.websocket.
@@ -154,6 +156,13 @@ type Handler struct {
 	// connections whose upstream is still configured (same mode) are kept
 	// and take the new config's policies. Default 5s.
 	ReloadCloseDelay caddy.Duration `json:"reload_close_delay,omitempty"`
+
+	// DrainWindow spreads the closes of a Caddy stop (1001, "server
+	// shutting down") at random over this long, so that clients do not all
+	// reconnect to the remaining instances in the same second; the stop
+	// waits for it. "off" closes everything at once. The newest config's
+	// value applies. Default 5s.
+	DrainWindow Timeout `json:"drain_window,omitempty"`
 
 	// MaxConnections bounds the live WebSocket connections of this Caddy
 	// instance (all websocket routes count) that this route lets in; past

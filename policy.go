@@ -59,6 +59,11 @@ func (h *Handler) announce(hdr http.Header, p timeout.Policy) {
 		add("pong", p.PongTimeout)
 	}
 	add("idle", p.IdleTimeout)
+	if h.DrainWindow > 0 {
+		// How long a stop spreads its closes (when set explicitly): a
+		// client reconnecting after a 1001 can wait a random share of it.
+		add("drain", time.Duration(h.DrainWindow))
+	}
 	if len(parts) == 0 {
 		parts = []string{"none"}
 	}

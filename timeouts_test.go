@@ -148,7 +148,9 @@ func TestLearnedClientNetwork(t *testing.T) {
 	if got := res.Header.Get("WebSocket-Idle-Timeout"); got != "ping=20; pong=15" {
 		t.Fatalf("before learning: %q", got)
 	}
-	time.Sleep(3 * time.Second)
+	// A little over 3 s: the gateway's silence counts from the relay's
+	// start, a moment after the 101 the client's sleep counts from.
+	time.Sleep(3*time.Second + 50*time.Millisecond)
 	p.Conn.(interface{ SetLinger(int) error }).SetLinger(0)
 	p.Close() // vanishes, as behind a NAT that forgot the mapping
 
