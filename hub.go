@@ -41,7 +41,7 @@ type hub struct {
 	// set once it started.
 	drainWindow time.Duration
 	draining    atomic.Bool
-	loads    map[string]*loadCounter
+	loads       map[string]*loadCounter
 }
 
 func loadHub() (*hub, error) {
