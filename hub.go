@@ -41,6 +41,7 @@ type hub struct {
 	// set once it started.
 	drainWindow time.Duration
 	draining    atomic.Bool
+	sharing     sharing // learned values through Caddy's storage
 	loads       map[string]*loadCounter
 }
 
@@ -300,6 +301,7 @@ func jitter(d time.Duration, lo, hi float64) time.Duration {
 // one burst; Destruct returns once they are all closed (or the window and
 // a close grace period are over), within Caddy's own shutdown.
 func (h *hub) Destruct() error {
+	h.stopSharing()
 	h.mu.Lock()
 	all := make([]*connection, 0, len(h.conns))
 	for _, c := range h.conns {

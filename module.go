@@ -344,6 +344,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.holdsHub = true
 	h.hub.register(h)
+	if h.Backend.auto() || h.Client.auto() {
+		h.hub.share(ctx.Storage(), h.logger)
+	}
 	h.startActiveChecks(ctx)
 	return nil
 }

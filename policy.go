@@ -90,6 +90,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
+		h.hub.publish("upstream", c.upstream, t, n)
 		h.hub.refreshPolicies(func(o *connection) bool { return o.upstream == c.upstream })
 	case relay.Client:
 		if !h.Client.auto() || !c.clientIP.IsValid() {
@@ -107,6 +108,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
+		h.hub.publish("network", network.String(), t, n)
 		h.hub.refreshPolicies(func(o *connection) bool { return o.clientIP.IsValid() && network.Contains(o.clientIP) })
 	}
 }

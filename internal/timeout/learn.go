@@ -100,8 +100,11 @@ func NetworkOf(ip netip.Addr) netip.Prefix {
 }
 
 // For returns the Learner of ip's network, creating it if needed.
-func (n *Networks) For(ip netip.Addr) *Learner {
-	key := NetworkOf(ip)
+func (n *Networks) For(ip netip.Addr) *Learner { return n.ForNetwork(NetworkOf(ip)) }
+
+// ForNetwork returns the learner of a network as NetworkOf names it (what
+// another instance shared).
+func (n *Networks) ForNetwork(key netip.Prefix) *Learner {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.nets == nil {
@@ -147,4 +150,20 @@ func (n *Networks) Len() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return len(n.nets)
+}
+
+// Merge takes a value learned elsewhere (another instance, an earlier run):
+// the smaller bound wins, as with Observe. It reports whether the learned
+// value changed.
+func (l *Learner) Merge(t time.Duration) bool {
+	if t <= 0 {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.learned == 0 || t < l.learned {
+		l.learned = t
+		return true
+	}
+	return false
 }

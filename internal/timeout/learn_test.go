@@ -63,3 +63,16 @@ func TestNetworks(t *testing.T) {
 		t.Fatal("the least recently used network was kept")
 	}
 }
+
+func TestMerge(t *testing.T) {
+	var l Learner
+	if l.Merge(0) || !l.Merge(4*time.Second) || l.Merge(5*time.Second) || !l.Merge(3*time.Second) {
+		t.Fatal("Merge keeps the smallest positive bound")
+	}
+	if got, _ := l.Learned(); got != 3*time.Second {
+		t.Fatalf("learned %v", got)
+	}
+	if got := l.Interval(time.Second, 20*time.Second); got != 1500*time.Millisecond {
+		t.Fatalf("interval %v", got)
+	}
+}

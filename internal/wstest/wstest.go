@@ -104,6 +104,11 @@ func startCaddyGlobal(t testing.TB, global, sites string, n int, admin string) [
 	if strings.Contains(global, "auto_https") {
 		autoHTTPS = "" // the caller's own setting
 	}
+	// Each test's own storage: what one test's Caddy learns (and shares
+	// through its storage) must not leak into the next.
+	if !strings.Contains(global, "storage ") {
+		autoHTTPS += "\tstorage file_system " + filepath.Join(t.TempDir(), "storage") + "\n"
+	}
 	cf := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n"+autoHTTPS+"\tdefault_bind 127.0.0.1\n"+
 		"\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n%s\n}\n", admin, logFile, global) + sites
 	LoadCaddyfile(t, cf)
