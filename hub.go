@@ -283,13 +283,6 @@ func (c *connection) policies() (client, backend timeout.Policy) {
 // drainSlotMax bounds the share of the drain window one connection takes.
 const drainSlotMax = 50 * time.Millisecond
 
-// drain returns the drain window in force.
-func (h *hub) drain() time.Duration {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.drainWindow
-}
-
 // jitter returns d scaled by a random factor in [1+lo, 1+hi].
 func jitter(d time.Duration, lo, hi float64) time.Duration {
 	return time.Duration(float64(d) * (1 + lo + rand.Float64()*(hi-lo)))
