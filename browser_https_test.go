@@ -46,7 +46,7 @@ func inChild(t *testing.T, env ...string) bool {
 	return true
 }
 
-// TestBrowserHTTPS: the chat page over HTTPS (tls internal), as Chromium
+// TestBrowserHTTPS: the chat page over HTTPS (a test CA's certificate), as Chromium
 // opens its socket there: an HTTP/1.1 upgrade (101), and, with Caddy
 // started with GODEBUG=http2xconnect=1, a stream on the page's HTTP/2
 // connection (RFC 8441: 200). In both modes the members stay in the room
@@ -68,9 +68,10 @@ func testBrowserHTTPS(t *testing.T, proto string) {
 	const idle = 2 * time.Second
 	chat := httptest.NewServer(legacychat.New(idle))
 	defer chat.Close()
+	ca := wstest.NewCA(t)
 	site := func(port, mode string) string {
 		return fmt.Sprintf(`https://localhost:{%[1]s} {
-		tls internal
+		tls %[4]s %[5]s
 		log {
 			output discard
 		}
@@ -85,7 +86,7 @@ func testBrowserHTTPS(t *testing.T, proto string) {
 		}
 		reverse_proxy %[2]s
 	}
-	`, port, hostOf(chat), mode)
+	`, port, hostOf(chat), mode, ca.CertFile, ca.KeyFile)
 	}
 	addrs := wstest.StartCaddyGlobalPorts(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics",
 		site("PORT1", "tunnel")+site("PORT2", "terminate"), 2)

@@ -82,13 +82,16 @@ func dialH3(t *testing.T, addr, path string, hdr http.Header) (*wstest.Peer, *ht
 	return p, res, str
 }
 
-// httpsSite is a Caddy site as production runs it: HTTPS with a
-// certificate from Caddy's internal CA, HTTP/1.1, HTTP/2 and HTTP/3, an
-// access log and metrics.
+// httpsSite is a Caddy site as production runs it: HTTPS, HTTP/1.1, HTTP/2
+// and HTTP/3, an access log and metrics. The certificate is a test CA's,
+// loaded before the listeners accept: Caddy's tls app races with
+// handshakes that come while it starts (its TLS.Start writes what a
+// handshake's event reads), which an internal CA's issuance makes likely.
 func httpsSite(t *testing.T, body string) string {
 	t.Helper()
+	ca := wstest.NewCA(t)
 	addr, _ := wstest.StartCaddyGlobal(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics", `https://localhost:{PORT} {
-		tls internal
+		tls `+ca.CertFile+` `+ca.KeyFile+`
 		log {
 			output discard
 		}

@@ -36,7 +36,7 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 		// log and metrics, and a wss backend.
 		ca := wstest.NewCA(t)
 		global = "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics"
-		logDirective = "tls internal\n\t\tlog {\n\t\t\toutput discard\n\t\t}"
+		logDirective = "tls " + ca.CertFile + " " + ca.KeyFile + "\n\t\tlog {\n\t\t\toutput discard\n\t\t}"
 		siteAddr, scheme = "https://localhost:{PORT}", "wss"
 		backend, backendOpts = "wss://"+tlsEcho(t, ca, false), "tls_trusted_ca_certs "+ca.CAFile
 		backend = strings.Replace(backend, "127.0.0.1", "localhost", 1)
