@@ -70,6 +70,7 @@ import (
 //	        pong_timeout <duration>
 //	        idle_timeout <duration>|off
 //	        write_timeout <duration>|off
+//	        discover probe|drops
 //	        on_close close|reconnect
 //	        reconnect_attempts <n>
 //	        reconnect_window <duration>
@@ -336,6 +337,8 @@ func legBlock(d *caddyfile.Dispenser, name string) (*LegConfig, error) {
 			l.Announce = true
 		case "on_close":
 			err = choice(d, &l.OnClose, checkOnClose)
+		case "discover":
+			err = choice(d, &l.Discover, func(v string) error { return oneOf(v, "probe", "drops") })
 		case "reconnect_attempts":
 			err = count(d, &l.ReconnectAttempts)
 		case "reconnect_window":
@@ -354,6 +357,7 @@ func legBlock(d *caddyfile.Dispenser, name string) (*LegConfig, error) {
 
 // legOptionSide names the one block an option belongs in.
 var legOptionSide = map[string]string{
+	"discover":           "backend",
 	"announce":           "client",
 	"on_close":           "backend",
 	"reconnect_attempts": "backend",

@@ -42,6 +42,7 @@ type hub struct {
 	drainWindow time.Duration
 	draining    atomic.Bool
 	sharing     sharing // learned values through Caddy's storage
+	probes      probes
 	loads       map[string]*loadCounter
 }
 

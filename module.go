@@ -240,6 +240,16 @@ type LegConfig struct {
 	// other side's data in the gateway. "off" disables. Default 30s.
 	WriteTimeout Timeout `json:"write_timeout,omitempty"`
 
+	// Discover (backend side, with keepalive auto) "probe" measures an
+	// upstream's idle timeout before users find it: when nothing is
+	// learned yet, the gateway opens a spare WebSocket to it (marked
+	// X-Websocket-Probe: 1), stays silent and takes the silence after
+	// which the backend hangs up; while it measures, the upstream's user
+	// connections ping it every keepalive_min. A probe that survives
+	// keepalive_max means nothing needs learning; a refused probe falls
+	// back to learning from drops. Default "": learn from drops only.
+	Discover string `json:"discover,omitempty"`
+
 	// OnClose (backend side, terminate mode) is what happens when the
 	// backend connection drops without the client asking (it vanished,
 	// restarted with 1001/1012, stopped answering pings): "close" (the
@@ -348,6 +358,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.hub.share(ctx.Storage(), h.logger)
 	}
 	h.startActiveChecks(ctx)
+	h.probeUpstreams()
 	return nil
 }
 
@@ -398,6 +409,12 @@ func (h *Handler) Validate() error {
 		}
 		if b := sd.s.bounds(); b.min > b.max {
 			return fmt.Errorf("websocket: %s: keepalive_min %v is above keepalive_max %v", sd.name, b.min, b.max)
+		}
+		if sd.s.Discover != "" && sd.name == "client" {
+			return fmt.Errorf("websocket: discover belongs in the backend block (a client cannot be probed: the gateway does not open client connections)")
+		}
+		if sd.s.Discover == "probe" && !sd.s.auto() {
+			return fmt.Errorf("websocket: discover probe needs keepalive auto")
 		}
 		if sd.s.Announce && sd.name == "backend" {
 			return fmt.Errorf("websocket: announce belongs in the client block")

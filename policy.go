@@ -28,6 +28,11 @@ func (h *Handler) policyFor(up upstream, remoteAddr string) relay.PerSide[timeou
 	if h.Backend.auto() && up.raw != "" {
 		b := h.Backend.bounds()
 		p.Backend.Keepalive = h.hub.learner(up.raw).Interval(b.min, b.max)
+		if h.hub.probing(up.raw) {
+			// The probe has been silent longest; keep users well inside
+			// what it has proven until it has its answer.
+			p.Backend.Keepalive = b.min
+		}
 	}
 	return p
 }
