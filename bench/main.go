@@ -48,6 +48,7 @@ func main() {
 	only := flag.String("targets", "", "comma-separated targets to run (default: all available)")
 	cases := flag.String("cases", "", "comma-separated cases to run: idle, handshake, echo, pipelined (default: all)")
 	idleN := flag.Int("idle", 0, "idle connections (default 10000, or 1000 with -quick)")
+	reps := flag.Int("reps", 0, "repetitions (default 2, or 1 with -quick)")
 	schemes := flag.String("schemes", "ws,wss", "comma-separated: ws (plaintext), wss (TLS on the client leg)")
 	flag.Parse()
 	log.SetFlags(0)
@@ -59,6 +60,9 @@ func main() {
 		s.idleConns = *idleN
 	}
 	s.cases = *cases
+	if *reps > 0 {
+		s.reps = *reps
+	}
 	limit := raiseFDLimit(max(4*s.idleConns+1000, 65536))
 	// A proxy holds two sockets per connection: N is what the limit allows.
 	if n := (limit - 1000) / 2; n < s.idleConns {
