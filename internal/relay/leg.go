@@ -50,15 +50,23 @@ type Leg struct {
 	// Silence is the silence both ways before the last read (reader-owned).
 	Silence time.Duration
 
-	conn      net.Conn
-	h         Handler
-	rd        lazyread.Reader
-	park      park.Waiter
-	side      Side
-	role      Role
-	closeRecv atomic.Bool // a Close frame came from the peer
-	closeSent atomic.Bool // a Close frame went out to the peer
+	conn       net.Conn
+	h          Handler
+	rd         lazyread.Reader
+	park       park.Waiter
+	side       Side
+	role       Role
+	closeRecv  atomic.Bool // a Close frame came from the peer
+	closeSent  atomic.Bool // a Close frame went out to the peer
+	halfClosed atomic.Bool // the socket's write side is closed (FIN or TLS close_notify sent)
 }
+
+// Linger is how long a leg whose closing handshake is complete, and whose
+// write side is closed, waits for the peer's own end before closing the
+// socket: the peer has the FIN (or close_notify) at once, and reading its
+// answer first keeps the close from turning into a reset that could
+// destroy the Close frame still in the peer's receive buffer.
+const Linger = time.Second
 
 // Init prepares the leg to read conn for h under policy p; silence counts
 // from start on the clock now.
@@ -167,8 +175,8 @@ func (l *Leg) GotClose() bool { return l.closeRecv.Load() }
 // says so while the peer's own Close can still come back.
 func (l *Leg) SentClose() {
 	l.closeSent.Store(true)
-	if cw, ok := l.conn.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
+	if cw, ok := l.conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		l.halfClosed.Store(true)
 	}
 	l.closeDone()
 }
@@ -176,11 +184,16 @@ func (l *Leg) SentClose() {
 // closeDone ends a leg whose closing handshake is complete, when the
 // gateway is its server: RFC 6455 §7.1.1 has the server close the TCP
 // connection first, and a peer that waits for it (most clients) must not
-// wait out the grace period. That holds whatever the socket is: a
-// half-close is not available on every connection (TLS, wrapped ones).
+// wait out the grace period. A leg whose write side is closed already
+// lingers for the peer's end (see Linger); one that cannot half-close
+// (wrapped connections, streams) closes at once.
 func (l *Leg) closeDone() {
 	if l.role == Server && l.closeRecv.Load() && l.closeSent.Load() {
-		l.Live.StartClosing(0)
+		if l.halfClosed.Load() {
+			l.Live.StartClosing(Linger)
+		} else {
+			l.Live.StartClosing(0)
+		}
 	}
 }
 
