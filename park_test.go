@@ -103,3 +103,54 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 		})
 	}
 }
+
+// TestKeepaliveWhileParkedTLS: a quiet wss connection parks and still gets
+// the gateway's keepalive pings on time, in both modes (a parked TLS leg's
+// timer must end up as a ping, not as "nothing to read"), and holds no
+// goroutine between them.
+func TestKeepaliveWhileParkedTLS(t *testing.T) {
+	wstest.NoLeaks(t)
+	ca := wstest.NewCA(t)
+	echo := echoBackend(t)
+	addr, _ := wstest.StartCaddyGlobal(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics", fmt.Sprintf(`https://localhost:{PORT} {
+		tls %s %s
+		log {
+			output discard
+		}
+		websocket /tunnel %s {
+			client {
+				keepalive 400ms
+			}
+		}
+		websocket /terminate %s {
+			mode terminate
+			client {
+				keepalive 400ms
+			}
+		}
+	}`, ca.CertFile, ca.KeyFile, hostOf(echo), hostOf(echo)), false)
+	addr = strings.Replace(addr, "127.0.0.1", "localhost", 1)
+	dialer := &websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, HandshakeTimeout: 5 * time.Second}
+	for _, mode := range []string{"tunnel", "terminate"} {
+		c, _, err := dialer.Dial("wss://"+addr+"/"+mode, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pings := make(chan struct{}, 100)
+		c.SetPingHandler(func(p string) error {
+			pings <- struct{}{}
+			return c.WriteControl(websocket.PongMessage, []byte(p), time.Now().Add(time.Second))
+		})
+		go c.ReadMessage()
+		n := 0
+		for end := time.After(2 * time.Second); n < 3; {
+			select {
+			case <-pings:
+				n++
+			case <-end:
+				t.Fatalf("%s: %d pings in 2 s on a quiet wss connection with keepalive 400ms", mode, n)
+			}
+		}
+		c.Close()
+	}
+}

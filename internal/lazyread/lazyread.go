@@ -205,6 +205,10 @@ func (r *Reader) readTLS(wait bool) ([]byte, error) {
 		}
 		if !r.socketReady() {
 			pool.Put(bp)
+			if r.deadlinePassed() {
+				// As a socket read would say: the owner's timer is due.
+				return nil, os.ErrDeadlineExceeded
+			}
 			return nil, ErrWouldBlock
 		}
 	}
@@ -220,6 +224,13 @@ func (r *Reader) readTLS(wait bool) ([]byte, error) {
 		}
 		// 0, nil: an empty record; read on.
 	}
+}
+
+// deadlinePassed reports whether the owner's read deadline has passed.
+func (r *Reader) deadlinePassed() bool {
+	r.dmu.Lock()
+	defer r.dmu.Unlock()
+	return !r.deadline.IsZero() && !time.Now().Before(r.deadline)
 }
 
 // past is a read deadline that has expired.

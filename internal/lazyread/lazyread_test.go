@@ -133,6 +133,12 @@ func TestTLSWithoutWaiting(t *testing.T) {
 	if _, err := r.Read(true); !os.IsTimeout(err) || time.Since(start) > time.Second {
 		t.Fatalf("waiting read: %v after %v", err, time.Since(start))
 	}
+	// A deadline that has passed is reported as a socket read would: the
+	// owner's timer (a keepalive ping) is due, not "nothing to read".
+	r.SetReadDeadline(time.Now().Add(-time.Millisecond))
+	if _, err := r.Read(false); !os.IsTimeout(err) {
+		t.Fatalf("past deadline, not waiting: %v", err)
+	}
 	r.SetReadDeadline(time.Time{})
 	far.Close()
 	time.Sleep(50 * time.Millisecond)
