@@ -58,17 +58,7 @@ func member(t *testing.T, browser context.Context, url, name string) context.Con
 	t.Helper()
 	tab, cancel := chromedp.NewContext(browser)
 	t.Cleanup(cancel)
-	err := chromedp.Do(tab,
-		chromedp.Navigate(url),
-		chromedp.WaitVisible(chromedp.CSS("#name")),
-		chromedp.SendKeys(chromedp.CSS("#name"), name),
-		chromedp.Click(chromedp.CSS("#join")),
-		waitText("#status", "connected as "+name, 5*time.Second),
-	)
-	if err != nil {
-		t.Fatalf("%s joining %s: %v", name, url, err)
-	}
-	return tab
+	return joinIn(t, tab, url, name)
 }
 
 // waitText polls until the element's text contains want.

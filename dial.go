@@ -109,6 +109,24 @@ func (h *Handler) handshakeWith(ctx context.Context, hs *handshake, backend net.
 	return nil
 }
 
+// gatewayRequest is an upgrade request of the gateway's own (a health
+// check, a discovery probe) for uri on u, marked with the header mark so
+// the backend can tell it from users; it returns the request and its key.
+func gatewayRequest(u upstream, uri, mark string) ([]byte, string) {
+	key := newKey()
+	hdr := http.Header{}
+	hdr.Set("Connection", "Upgrade")
+	hdr.Set("Upgrade", "websocket")
+	hdr.Set("Sec-WebSocket-Version", upgrade.Version)
+	hdr.Set("Sec-WebSocket-Key", key)
+	hdr.Set(mark, "1")
+	host := u.addr
+	if u.network == "unix" {
+		host = "localhost"
+	}
+	return writeRequest(uri, host, hdr), key
+}
+
 // startTLS runs the TLS handshake with a backend, within the handshake
 // timeout. The server name is the configured one, or the upstream's host.
 func (h *Handler) startTLS(ctx context.Context, conn net.Conn, up upstream, timeout time.Duration) (net.Conn, *refusal) {

@@ -1,12 +1,9 @@
 package websocket
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -17,7 +14,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
-	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // HealthChecks marks upstreams down and up, with the names and meaning of
@@ -232,47 +228,21 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 		return fmt.Errorf("dial: %s", dialReason(err))
 	}
 	defer conn.Close()
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	if u.tls {
-		cfg := hd.tlsConfig.Clone()
-		if cfg.ServerName == "" {
-			cfg.ServerName, _, _ = net.SplitHostPort(u.addr)
-		}
-		tc := tls.Client(conn, cfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fmt.Errorf("TLS: %v", err)
-		}
-		conn = tc
-	}
 	uri := a.URI
 	if uri == "" {
 		uri = "/"
 	}
-	key := newKey()
-	hdr := http.Header{}
-	hdr.Set("Connection", "Upgrade")
-	hdr.Set("Upgrade", "websocket")
-	hdr.Set("Sec-WebSocket-Version", upgrade.Version)
-	hdr.Set("Sec-WebSocket-Key", key)
-	hdr.Set(HealthCheckHeader, "1")
-	host := u.addr
-	if u.network == "unix" {
-		host = "localhost"
+	req, key := gatewayRequest(u, uri, HealthCheckHeader)
+	hs := &handshake{key: key, up: u}
+	if rf := hd.handshakeWith(ctx, hs, conn, req); rf != nil {
+		return fmt.Errorf("handshake: %s", rf.reason)
 	}
-	if _, err := conn.Write(writeRequest(uri, host, hdr)); err != nil {
-		return err
-	}
-	br := bufio.NewReader(conn)
-	res, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return fmt.Errorf("handshake: %v", err)
-	}
-	if res.StatusCode != http.StatusSwitchingProtocols {
-		return fmt.Errorf("handshake: status %d", res.StatusCode)
-	}
-	if e := upgrade.CheckResponse(res, key); e != nil {
-		return fmt.Errorf("handshake: %s", e.Reason)
+	conn, br := hs.backend, hs.br
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	if hs.res.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("handshake: status %d", hs.res.StatusCode)
 	}
 	payload := []byte("health check")
 	if _, err := conn.Write(frame.AppendFrame(nil, frame.OpPing, payload, true, frame.NewKey(true))); err != nil {

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
 )
 
 // ProbeHeader marks the discovery probe's upgrade request, so a backend can
@@ -84,19 +82,9 @@ func (hd *Handler) probe(u upstream) {
 		return
 	}
 	defer conn.Close()
-	key := newKey()
-	hdr := http.Header{}
-	hdr.Set("Connection", "Upgrade")
-	hdr.Set("Upgrade", "websocket")
-	hdr.Set("Sec-WebSocket-Version", upgrade.Version)
-	hdr.Set("Sec-WebSocket-Key", key)
-	hdr.Set(ProbeHeader, "1")
-	host := u.addr
-	if u.network == "unix" {
-		host = "localhost"
-	}
+	req, key := gatewayRequest(u, "/", ProbeHeader)
 	hs := &handshake{key: key, up: u}
-	if rf := hd.handshakeWith(ctx, hs, conn, writeRequest("/", host, hdr)); rf != nil {
+	if rf := hd.handshakeWith(ctx, hs, conn, req); rf != nil {
 		log.Warn("websocket probe refused; learning from drops instead", zap.String("reason", rf.reason))
 		return
 	}
