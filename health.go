@@ -227,7 +227,6 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 	if err != nil {
 		return fmt.Errorf("dial: %s", dialReason(err))
 	}
-	defer conn.Close()
 	uri := a.URI
 	if uri == "" {
 		uri = "/"

@@ -171,7 +171,6 @@ func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http
 func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
 	// What answer put in the client's 101 is what the relay speaks.
 	c.subprotocol = hs.subprotocol
-	deflate := hs.deflate
 	side := h.Backend
 	if side == nil {
 		side = &LegConfig{}
@@ -181,7 +180,7 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 		Backend:           hs.pol.Backend,
 		MaxMessageSize:    h.MaxMessageSize,
 		MaxMessageRate:    h.MaxMessageRate,
-		Deflate:           deflate,
+		Deflate:           hs.deflate,
 		Reconnect:         side.OnClose == "reconnect",
 		ReconnectAttempts: side.ReconnectAttempts,
 		ReconnectWindow:   time.Duration(side.ReconnectWindow),
@@ -198,7 +197,7 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 			h.logger.Info("websocket backend reconnected", zap.String("id", c.id), zap.Int("attempt", attempt))
 		},
 	}
-	if deflate {
+	if hs.deflate {
 		c.compression = "permessage-deflate"
 	}
 	if cfg.Reconnect {

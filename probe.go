@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"sync"
@@ -127,15 +126,13 @@ func drainUntilClosed(r *bufio.Reader) (time.Duration, error) {
 	buf := make([]byte, 512)
 	for {
 		_, err := r.Read(buf)
-		if err != nil {
-			if err == io.EOF || !errors.Is(err, os.ErrDeadlineExceeded) {
-				if last.IsZero() {
-					return 0, err
-				}
-				return time.Since(last), err
-			}
+		if err == nil {
+			last = time.Now()
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) || last.IsZero() {
 			return 0, err
 		}
-		last = time.Now()
+		return time.Since(last), err
 	}
 }

@@ -54,6 +54,14 @@ type upstreamPool struct {
 	tls       bool // the handler's TLS applies to host:port upstreams
 }
 
+// parse reads an upstream address; the handler's TLS settings make a
+// host:port upstream a TLS one.
+func (p *upstreamPool) parse(addr string) (upstream, error) {
+	u, err := parseUpstream(addr)
+	u.tls = u.tls || p.tls && u.network == "tcp"
+	return u, err
+}
+
 // candidates returns the upstreams a request may go to: the static ones,
 // the templated ones with the request's placeholders filled in, and the
 // dynamic source's.
@@ -67,12 +75,11 @@ func (h *Handler) candidates(r *http.Request) ([]upstream, *refusal) {
 			if repl != nil {
 				addr = repl.ReplaceAll(t, "")
 			}
-			u, err := parseUpstream(addr)
+			u, err := p.parse(addr)
 			if err != nil {
 				return nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
 					reason: fmt.Sprintf("upstream %s resolved to %q: %v", t, addr, err)}
 			}
-			u.tls = u.tls || p.tls && u.network == "tcp"
 			out = append(out, u)
 		}
 	}
@@ -82,11 +89,10 @@ func (h *Handler) candidates(r *http.Request) ([]upstream, *refusal) {
 			h.logger.Warn("websocket dynamic upstreams failed", zap.Error(err))
 		}
 		for _, du := range ups {
-			u, err := parseUpstream(du.Dial)
+			u, err := p.parse(du.Dial)
 			if err != nil {
 				continue
 			}
-			u.tls = u.tls || p.tls && u.network == "tcp"
 			out = append(out, u)
 		}
 	}
@@ -244,11 +250,10 @@ func (h *Handler) loadUpstreams(ctx caddy.Context) error {
 			h.pool.templated = append(h.pool.templated, a)
 			continue
 		}
-		u, err := parseUpstream(a)
+		u, err := h.pool.parse(a)
 		if err != nil {
 			return err
 		}
-		u.tls = u.tls || h.TLS != nil && u.network == "tcp"
 		h.pool.static = append(h.pool.static, u)
 	}
 	if h.DynamicUpstreamsRaw != nil {

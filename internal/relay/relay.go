@@ -92,6 +92,16 @@ type Counts struct {
 	RTT                           time.Duration
 }
 
+// Plus returns the counts of c and o together; RTT stays c's (the latest
+// leg's).
+func (c Counts) Plus(o Counts) Counts {
+	c.Bytes += o.Bytes
+	c.Messages += o.Messages
+	c.Pings += o.Pings
+	c.Pongs += o.Pongs
+	return c
+}
+
 // LegStats is a live view of one side of a connection.
 type LegStats struct {
 	Counts

@@ -145,10 +145,7 @@ func (c *Conn) Stats() relay.Stats {
 	b, old, n := c.latest, c.backendOld, c.reconnects
 	c.mu.Unlock()
 	bs := b.Stats()
-	bs.Bytes += old.Bytes
-	bs.Messages += old.Messages
-	bs.Pings += old.Pings
-	bs.Pongs += old.Pongs
+	bs.Counts = bs.Counts.Plus(old)
 	return relay.Stats{Legs: relay.PerSide[relay.LegStats]{Client: c.client.Stats(), Backend: bs}, Reconnects: n}
 }
 
@@ -405,11 +402,7 @@ func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 			return false
 		}
 	}
-	old := c.latest.Counts()
-	c.backendOld.Bytes += old.Bytes
-	c.backendOld.Messages += old.Messages
-	c.backendOld.Pings += old.Pings
-	c.backendOld.Pongs += old.Pongs
+	c.backendOld = c.backendOld.Plus(c.latest.Counts())
 	c.latest = e
 	c.queue, c.queuedSize = nil, 0
 	c.backend, c.redialing = e, false
