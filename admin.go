@@ -55,9 +55,12 @@ func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 
 // serveStatus answers the status routes, rest being the path below the
 // status root: "" (the page), "connections", "connections/{id}",
-// "upstreams".
+// "upstreams", and the push API's (push.go).
 func serveStatus(w http.ResponseWriter, r *http.Request, rest string) error {
 	var a AdminAPI
+	if ok, err := pushRoute(w, r, rest); ok {
+		return err
+	}
 	switch {
 	case rest == "" && r.Method == http.MethodGet:
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

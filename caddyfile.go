@@ -20,7 +20,7 @@ import (
 //
 //	websocket [<matcher>] [<upstreams...>] {
 //	    to <upstreams...>
-//	    mode tunnel|terminate
+//	    mode tunnel|terminate|http
 //	    dynamic <source> [<args...>]
 //	    lb_policy <name> [<options...>]
 //	    lb_retries <n>
@@ -36,6 +36,8 @@ import (
 //	    unhealthy_status <codes...>
 //	    dial_timeout <duration>
 //	    handshake_timeout <duration>
+//	    request_timeout <duration>
+//	    max_pending <size>
 //	    origins <origins...>
 //	    max_message_size <size>
 //	    compression on|off
@@ -105,6 +107,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = duration(d, &h.DialTimeout)
 		case "handshake_timeout":
 			err = duration(d, &h.HandshakeTimeout)
+		case "request_timeout":
+			err = duration(d, &h.RequestTimeout)
+		case "max_pending":
+			err = size(d, &h.MaxPending)
 		case "max_lifetime":
 			err = duration(d, &h.MaxLifetime)
 		case "reload_close_delay":
@@ -497,7 +503,7 @@ func rate(d *caddyfile.Dispenser, dst *float64) error {
 
 // The checks of enumerated options, shared by the Caddyfile and Validate.
 
-func checkMode(v string) error { return oneOf(v, "tunnel", "terminate") }
+func checkMode(v string) error { return oneOf(v, "tunnel", "terminate", "http") }
 
 func checkCompression(v string) error { return oneOf(v, "on", "off") }
 

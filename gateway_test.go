@@ -58,11 +58,12 @@ func dialWS(t *testing.T, url string) *websocket.Conn {
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
 	c, res, err := d.Dial(url, nil)
 	if err != nil {
-		status := 0
+		answer := ""
 		if res != nil {
-			status = res.StatusCode
+			b, _ := io.ReadAll(res.Body)
+			answer = fmt.Sprintf(" (%s: %s)", res.Status, strings.TrimSpace(string(b)))
 		}
-		t.Fatalf("dial %s: %v (status %d)", url, err, status)
+		t.Fatalf("dial %s: %v%s", url, err, answer)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c

@@ -44,6 +44,7 @@ type hub struct {
 	sharing     sharing // learned values through Caddy's storage
 	probes      probes
 	loads       map[string]*loadCounter
+	channels    map[string]map[string]*connection // push API: channel → id → subscriber
 }
 
 func loadHub() (*hub, error) {
@@ -54,6 +55,7 @@ func loadHub() (*hub, error) {
 			perIP:    make(map[netip.Addr]int),
 			hosts:    make(map[string]*hostHealth),
 			loads:    make(map[string]*loadCounter),
+			channels: make(map[string]map[string]*connection),
 			networks: timeout.Networks{Limit: 4096},
 		}, nil
 	})
@@ -171,6 +173,9 @@ func (h *hub) remove(id string) {
 	h.mu.Lock()
 	c := h.conns[id]
 	delete(h.conns, id)
+	if c != nil {
+		h.unsubscribeAllLocked(c)
+	}
 	h.mu.Unlock()
 	if c == nil {
 		return
@@ -252,7 +257,7 @@ func (h *hub) retire(hd *Handler) {
 func (h *hub) successorLocked(c *connection) *Handler {
 	for i := len(h.handlers) - 1; i >= 0; i-- {
 		s := h.handlers[i]
-		if (s.Mode == "terminate") == (c.mode == "terminate") && s.hasUpstream(c.upstream) {
+		if s.mode().name() == c.mode && s.hasUpstream(c.upstream) {
 			return s
 		}
 	}

@@ -28,6 +28,9 @@ type mode interface {
 	// request completes the backend's upgrade request in hs (hs.hdr,
 	// hs.key) from the client's.
 	request(r *http.Request, hs *handshake)
+	// open reaches a backend and makes its handshake: hs.res is its
+	// answer (a 101 to go on with, anything else to pass to the client).
+	open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal
 	// answer checks the backend's 101 and sets the client's 101 headers.
 	answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal
 	// relay builds the connection's relay over the hijacked client
@@ -36,8 +39,11 @@ type mode interface {
 }
 
 func (h *Handler) mode() mode {
-	if h.Mode == "terminate" {
+	switch h.Mode {
+	case "terminate":
 		return terminateMode{}
+	case "http":
+		return httpMode{}
 	}
 	return tunnelMode{}
 }
@@ -48,6 +54,11 @@ type tunnelMode struct{}
 func (tunnelMode) name() string { return "tunnel" }
 
 func (tunnelMode) check(*Handler, *http.Request) *refusal { return nil }
+
+// open dials an upstream and sends the upgrade (tunnel and terminate).
+func (tunnelMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+	return h.connect(ctx, r, w, hs)
+}
 
 // request passes the client's key on; a stream client has none, so the
 // gateway makes one for the backend's HTTP/1.1 upgrade.
@@ -110,6 +121,10 @@ func (tunnelMode) relay(h *Handler, c *connection, hs *handshake, client net.Con
 type terminateMode struct{}
 
 func (terminateMode) name() string { return "terminate" }
+
+func (terminateMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+	return h.connect(ctx, r, w, hs)
+}
 
 func (terminateMode) check(h *Handler, r *http.Request) *refusal {
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")

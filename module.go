@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -87,8 +88,22 @@ type Handler struct {
 	// and relays messages to the backend over a connection of its own:
 	// every client frame is validated, permessage-deflate is spoken on the
 	// client leg only, and the backend may restart under a connected
-	// client (see Side.OnClose).
+	// client (see Side.OnClose). "http" terminates the client's WebSocket
+	// the same way and talks to a plain HTTP backend in Pushpin's
+	// WebSocket-over-HTTP protocol: each batch of client messages is a POST
+	// of application/websocket-events to http(s)://upstream + the client's
+	// path, and the answer's events go back to the client.
 	Mode string `json:"mode,omitempty"`
+
+	// RequestTimeout bounds each request to the backend in mode http, its
+	// answer included; past it the client gets Close 1011. Default 10s.
+	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+
+	// MaxPending bounds, in mode http, the bytes of client messages held
+	// while a request to the backend is in flight; past it the gateway
+	// stops reading from the client until the request ends (TCP pushes
+	// back). Default 1 MiB.
+	MaxPending int64 `json:"max_pending,omitempty"`
 
 	// MaxMessageSize is the largest message, after decompression, that
 	// either side may send in terminate mode; a larger one is refused with
@@ -189,7 +204,8 @@ type Handler struct {
 
 	origins   upgrade.Origins
 	pool      upstreamPool
-	tlsConfig *tls.Config // for TLS upstreams
+	tlsConfig *tls.Config  // for TLS upstreams
+	events    *http.Client // mode http: the backend's requests
 	policy    relay.PerSide[timeout.Policy]
 	hub       *hub
 	holdsHub  bool // Provision took a hold on the hub that Cleanup must release
@@ -347,6 +363,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.tlsConfig.NextProtos = []string{"http/1.1"}
 	}
+	if h.Mode == "http" {
+		h.events = h.eventsClient()
+	}
 	h.policy.Client = h.Client.policy()
 	h.policy.Backend = h.Backend.policy()
 	if h.hub, err = loadHub(); err != nil {
@@ -373,11 +392,24 @@ func (h *Handler) Validate() error {
 	if err := checkCompression(h.Compression); err != nil {
 		return fmt.Errorf("websocket: compression: %v", err)
 	}
-	if h.Mode != "terminate" {
+	if h.Mode == "" || h.Mode == "tunnel" {
 		switch {
 		case h.MaxMessageSize != 0, h.Compression != "", len(h.Subprotocols) > 0,
 			h.Client != nil && h.Client.OnClose != "", h.Backend != nil && h.Backend.OnClose != "":
-			return fmt.Errorf("websocket: max_message_size, compression, subprotocols and on_close need mode terminate (a tunnel relays frames as they are)")
+			return fmt.Errorf("websocket: max_message_size, compression, subprotocols and on_close need mode terminate or http (a tunnel relays frames as they are)")
+		}
+	}
+	if h.Mode != "http" && (h.RequestTimeout != 0 || h.MaxPending != 0) {
+		return fmt.Errorf("websocket: request_timeout and max_pending need mode http")
+	}
+	if h.Mode == "http" {
+		switch {
+		case h.Backend != nil:
+			return fmt.Errorf("websocket: mode http has no backend block: an HTTP backend holds no connection to keep alive, probe or reconnect")
+		case h.HealthChecks != nil && h.HealthChecks.Active != nil:
+			return fmt.Errorf("websocket: active health checks open WebSockets; with mode http use the passive ones")
+		case h.RequestTimeout < 0 || h.MaxPending < 0:
+			return fmt.Errorf("websocket: request_timeout and max_pending must be positive")
 		}
 	}
 	if h.Client != nil && h.Client.OnClose != "" {
@@ -394,8 +426,8 @@ func (h *Handler) Validate() error {
 	if h.MaxConnections < 0 || h.MaxConnectionsPerIP < 0 || h.MaxMessageRate < 0 {
 		return fmt.Errorf("websocket: connection and message limits must be positive")
 	}
-	if h.MaxMessageRate > 0 && h.Mode != "terminate" {
-		return fmt.Errorf("websocket: max_message_rate needs mode terminate (a tunnel does not read messages)")
+	if h.MaxMessageRate > 0 && (h.Mode == "" || h.Mode == "tunnel") {
+		return fmt.Errorf("websocket: max_message_rate needs mode terminate or http (a tunnel does not read messages)")
 	}
 	for _, sd := range []struct {
 		name string

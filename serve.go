@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/stream"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
@@ -56,9 +57,20 @@ type handshake struct {
 	pol      relay.PerSide[timeout.Policy]
 	release  func() // gives back the upstream's least_conn count
 
-	// What the gateway's own 101 chose (terminate mode).
+	// What the gateway's own 101 chose (terminate and http modes).
 	subprotocol string
 	deflate     bool
+	// session is mode http's backend; channels are those the backend's
+	// answer subscribed the connection to (Grip-Channel).
+	session  *overhttp.Session
+	channels []string
+}
+
+// closeBackend closes the backend connection, if the mode has one.
+func (hs *handshake) closeBackend() {
+	if hs.backend != nil {
+		hs.backend.Close()
+	}
 }
 
 // serveUpgrade is the data path of one upgrade, top to bottom: validate,
@@ -87,7 +99,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	hs.hdr.Set(IDHeader, hs.id)
 	m.request(r, hs)
 
-	if rf := h.connect(r.Context(), r, w, hs); rf != nil {
+	if rf := m.open(h, r.Context(), r, w, hs); rf != nil {
 		return h.backendFailed(w, r, hs.up, rf)
 	}
 	defer func() {
@@ -101,13 +113,14 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		}
 		countUpgrade(protoName(r), "backend_refused")
 		h.passThrough(w, r, hs.up, hs.res)
-		hs.backend.Close()
+		hs.closeBackend()
 		return nil
 	}
+	hs.channels = gripChannels(hs.res.Header)
 	h.debugHandshake(hs.id, hs.up, r.Header, hs.res.Header)
 
 	if rf := m.answer(h, r, hs, w.Header()); rf != nil {
-		hs.backend.Close()
+		hs.closeBackend()
 		return h.backendFailed(w, r, hs.up, rf)
 	}
 	hs.pol = h.policyFor(hs.up, r.RemoteAddr)
@@ -116,7 +129,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	}
 	client, fromClient, wait, err := h.takeOver(w, r, hs.extended)
 	if err != nil {
-		hs.backend.Close()
+		hs.closeBackend()
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
 		return nil
 	}
@@ -126,7 +139,14 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	c.relay = m.relay(h, c, hs, client)
 	relaying = true
 	h.opened(c)
-	c.relay.Start(fromClient, buffered(hs.br))
+	for _, ch := range hs.channels {
+		h.hub.subscribe(c, ch)
+	}
+	var fromBackend []byte
+	if hs.br != nil {
+		fromBackend = buffered(hs.br)
+	}
+	c.relay.Start(fromClient, fromBackend)
 	wait()
 	return nil
 }

@@ -43,7 +43,7 @@ func (Status) CaddyModule() caddy.ModuleInfo {
 // path's root: /ws-status/ is the page, /ws-status/connections the list.
 func (Status) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	rest := r.URL.Path
-	for _, route := range []string{"/connections", "/upstreams"} {
+	for _, route := range []string{"/connections", "/upstreams", "/channels", "/publish"} {
 		if i := strings.LastIndex(rest, route); i >= 0 {
 			return apiError(serveStatus(w, r, rest[i+1:]), w)
 		}

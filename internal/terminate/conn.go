@@ -77,7 +77,7 @@ type Conn struct {
 	client *endpoint
 
 	mu         sync.Mutex
-	backend    *endpoint // nil during a reconnect gap
+	backend    backendLeg // nil during a reconnect gap
 	queue      []queued
 	queuedSize int64
 	done       bool // ending: no more reconnects, messages are dropped
@@ -87,7 +87,7 @@ type Conn struct {
 	recorded   bool
 	sum        relay.Summary
 	finished   bool
-	latest     *endpoint    // the latest backend, also during a gap, for counters
+	latest     backendLeg   // the latest backend, also during a gap, for counters
 	backendOld relay.Counts // counters of the backends it replaced
 }
 
@@ -117,12 +117,18 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 	return c
 }
 
-// Start relays in two goroutines and returns at once; fromClient and
-// fromBackend are bytes read past the handshakes.
+// Start relays in two goroutines (one with an Upstream) and returns at
+// once; fromClient and fromBackend are bytes read past the handshakes.
 func (c *Conn) Start(fromClient, fromBackend []byte) {
+	e, ok := c.backend.(*endpoint)
+	if !ok {
+		c.running = 1
+		go c.client.Run(fromClient)
+		return
+	}
 	c.running = 2
 	go c.client.Run(fromClient)
-	go c.backend.Run(fromBackend)
+	go e.Run(fromBackend)
 }
 
 // SetPolicy puts new idle-timeout policies in force on a live connection,
@@ -134,7 +140,7 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 	c.mu.Unlock()
 	c.client.Live.SetPolicy(client)
 	if b != nil {
-		b.Live.SetPolicy(backend)
+		b.setPolicy(backend)
 	}
 }
 
@@ -257,11 +263,14 @@ func (c *Conn) ended(e *endpoint, how ending) {
 		c.mu.Unlock()
 		if b != nil {
 			code, reason := forBackend(how)
+			if _, up := b.(upstreamLeg); up && !how.byPeer && how.code == frame.CloseAbnormal {
+				code = frame.CloseAbnormal // an Upstream tells a vanished client apart (DISCONNECT)
+			}
 			b.close(code, reason)
 		}
 		return
 	}
-	if e != c.backend || c.done {
+	if c.backend != backendLeg(e) || c.done {
 		c.mu.Unlock()
 		return // a replaced backend, or the end is already under way
 	}
@@ -389,6 +398,10 @@ func (c *Conn) isDone() bool {
 
 // resume makes conn the backend and sends it the held messages, in order.
 func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
+	if _, up := c.latest.(upstreamLeg); up {
+		conn.Close()
+		return false
+	}
 	c.mu.Lock()
 	e := newEndpoint(c, relay.Backend, conn, c.cfg.Backend)
 	defer c.mu.Unlock()

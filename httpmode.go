@@ -1,0 +1,242 @@
+package websocket
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/terminate"
+)
+
+// DefaultRequestTimeout bounds a mode http request to the backend.
+const DefaultRequestTimeout = 10 * time.Second
+
+// httpMode terminates the client's WebSocket as terminateMode does and
+// speaks WebSocket-over-HTTP to the backend (package overhttp): the OPEN
+// request is the backend handshake, its 200 answer makes the client's 101.
+type httpMode struct{ terminateMode }
+
+func (httpMode) name() string { return "http" }
+
+// request strips what is the gateway's to say: the upgrade itself, the
+// client's extensions (deflate is the gateway's), and the protocol's own
+// headers, which a client must not be able to forge.
+func (httpMode) request(_ *http.Request, hs *handshake) {
+	for _, k := range []string{"Connection", "Upgrade", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
+		"Sec-WebSocket-Extensions", "Connection-Id", "Content-Length", "Content-Type", "Accept"} {
+		hs.hdr.Del(k)
+	}
+	for k := range hs.hdr {
+		if strings.HasPrefix(k, "Meta-") || strings.HasPrefix(k, "Grip-") {
+			delete(hs.hdr, k)
+		}
+	}
+}
+
+// open sends OPEN to an upstream the selection policy picks (the next one
+// when one cannot be reached). A 200 answer starting with OPEN becomes
+// hs.res as a 101 with the backend's headers; any other answer is left in
+// hs.res for the client, as a WebSocket backend's non-101 is.
+func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+	all, rf := h.candidates(r)
+	if rf != nil {
+		return rf
+	}
+	tried := map[string]bool{}
+	var errs []string
+	for {
+		var avail []upstream
+		for _, u := range all {
+			if !tried[u.raw] && h.healthy(u.raw) && u.network == "tcp" {
+				avail = append(avail, u)
+			}
+		}
+		u := h.choose(avail, r, w)
+		if u == nil {
+			break
+		}
+		tried[u.raw] = true
+		hs.up = *u
+		load := h.hub.load(u.raw)
+		load.Add(1)
+		release := sync.OnceFunc(func() { load.Add(-1) })
+		s, res, body, err := overhttp.Connect(ctx, h.sessionConfig(hs, *u))
+		if err != nil {
+			release()
+			h.hub.failed(h, *u, err.Error())
+			h.logger.Warn("websocket backend OPEN failed", zapUpstream(*u), zap.Error(err))
+			errs = append(errs, u.raw+": "+err.Error())
+			if errors.Is(err, overhttp.ErrUnreachable) {
+				continue // another upstream may answer
+			}
+			return backendRefusal(errs)
+		}
+		hs.release = release
+		if s == nil {
+			hs.res = refusedOpen(res, body)
+			return nil
+		}
+		hdr := res.Header.Clone()
+		overhttp.PrivateHeaders(hdr)
+		for _, k := range hopHeaders {
+			hdr.Del(k)
+		}
+		hdr.Del("Date")
+		hdr.Del("Server")
+		hs.session = s
+		hs.res = &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: hdr}
+		return nil
+	}
+	if len(errs) == 0 {
+		return &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
+			reason: "no healthy backend (" + strings.Join(rawOf(all), ", ") + ")"}
+	}
+	return backendRefusal(errs)
+}
+
+func backendRefusal(errs []string) *refusal {
+	rf := &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(errs, "; ")}
+	if strings.Contains(rf.reason, "did not answer within") {
+		rf.status, rf.code = http.StatusGatewayTimeout, "backend_timeout"
+	}
+	return rf
+}
+
+// refusedOpen is the client's answer when the backend refused OPEN: its
+// own status and body, or, for a 200 whose first event is CLOSE, 403 with
+// the CLOSE's code and reason.
+func refusedOpen(res *http.Response, body []byte) *http.Response {
+	if code, reason, ok := overhttp.RefusalReason(body); ok && res.StatusCode == http.StatusOK {
+		msg := fmt.Sprintf("backend refused the connection with CLOSE %d", code)
+		if reason != "" {
+			msg += ": " + reason
+		}
+		hdr := http.Header{"Content-Type": {"text/plain; charset=utf-8"}}
+		return &http.Response{StatusCode: http.StatusForbidden, Status: "403 Forbidden", Header: hdr,
+			Body: io.NopCloser(strings.NewReader(msg + "\n"))}
+	}
+	res.Body = io.NopCloser(bytes.NewReader(body))
+	return res
+}
+
+// sessionConfig is how the connection's session reaches upstream u.
+func (h *Handler) sessionConfig(hs *handshake, u upstream) overhttp.Config {
+	scheme := "http"
+	if u.tls {
+		scheme = "https"
+	}
+	timeout := time.Duration(h.RequestTimeout)
+	if timeout <= 0 {
+		timeout = DefaultRequestTimeout
+	}
+	maxMsg := h.MaxMessageSize
+	if maxMsg <= 0 {
+		maxMsg = 1 << 20
+	}
+	id := hs.id
+	return overhttp.Config{
+		Client:     h.events,
+		URL:        scheme + "://" + u.addr + hs.uri,
+		Host:       hs.host,
+		Header:     hs.hdr,
+		ID:         id,
+		Timeout:    timeout,
+		MaxPending: int(h.MaxPending),
+		MaxContent: int(maxMsg),
+		OnError: func(err error) {
+			h.logger.Warn("websocket backend request failed", zap.String("id", id), zapUpstream(u), zap.Error(err))
+			h.hub.failed(h, u, err.Error())
+		},
+	}
+}
+
+// eventsClient is the HTTP client of mode http: the module's dial and TLS
+// settings, connections kept alive between a connection's requests.
+func (h *Handler) eventsClient() *http.Client {
+	dialTimeout := time.Duration(h.DialTimeout)
+	if dialTimeout <= 0 {
+		dialTimeout = DefaultDialTimeout
+	}
+	tlsTimeout := time.Duration(h.HandshakeTimeout)
+	if h.TLS != nil && h.TLS.HandshakeTimeout > 0 {
+		tlsTimeout = time.Duration(h.TLS.HandshakeTimeout)
+	}
+	if tlsTimeout <= 0 {
+		tlsTimeout = DefaultHandshakeTimeout
+	}
+	var tc = h.tlsConfig
+	if tc != nil {
+		tc = tc.Clone()
+		tc.NextProtos = nil // HTTP/1.1 or HTTP/2, whichever the backend speaks
+	}
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     tc,
+			TLSHandshakeTimeout: tlsTimeout,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			ForceAttemptHTTP2:   true,
+		},
+		// A redirect is the backend's answer to pass on, not to follow.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+func (m httpMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+	c.subprotocol = hs.subprotocol
+	if hs.deflate {
+		c.compression = "permessage-deflate"
+	}
+	s := hs.session
+	if g, ok := s.Grip(); ok {
+		c.grip = true
+		h.logger.Debug("websocket backend speaks GRIP", zap.String("id", c.id), zap.String("message_prefix", g.Prefix))
+	}
+	s.OnControl(func(ctl overhttp.Control) { h.control(c, ctl) })
+	conn := terminate.NewUpstream(client, s, terminate.Config{
+		Client:         hs.pol.Client,
+		MaxMessageSize: h.MaxMessageSize,
+		MaxMessageRate: h.MaxMessageRate,
+		Deflate:        hs.deflate,
+		OnClose:        func(sum relay.Summary) { h.closed(c, sum) },
+		OnDrop:         h.learnFrom(c),
+		OnPong:         observeRTT,
+	})
+	return &httpRelay{Conn: conn, session: s}
+}
+
+// httpRelay is a mode http connection: the events that came with OPEN's
+// answer go to the client once the relay runs.
+type httpRelay struct {
+	*terminate.Conn
+	session *overhttp.Session
+}
+
+func (r *httpRelay) Start(fromClient, _ []byte) {
+	r.Conn.Start(fromClient, nil)
+	r.session.Start(r.Conn)
+}
+
+// control applies a GRIP control message of the backend.
+func (h *Handler) control(c *connection, ctl overhttp.Control) {
+	switch ctl.Type {
+	case "subscribe":
+		h.hub.subscribe(c, ctl.Channel)
+	case "unsubscribe":
+		h.hub.unsubscribe(c, ctl.Channel)
+	default:
+		h.logger.Debug("websocket GRIP control message ignored", zap.String("id", c.id), zap.String("type", ctl.Type))
+	}
+}

@@ -1,0 +1,111 @@
+package terminate
+
+import (
+	"net"
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
+)
+
+// Upstream is a backend the gateway does not reach over a WebSocket of its
+// own (WebSocket-over-HTTP, package overhttp). It takes the client's
+// messages; what it has for the client goes through the Conn's Deliver,
+// FlushClient and BackendEnded.
+type Upstream interface {
+	// Send takes a client message, in order; p is only valid during the
+	// call. It may block (backpressure on the client's reader) and
+	// reports false once the upstream is over.
+	Send(op frame.Opcode, p []byte) bool
+	// Flush: the client's read is handled; what was Sent may go.
+	Flush()
+	// Close: the client's session ended, with the client's Close code (or
+	// the gateway's), or 1006 when the client vanished.
+	Close(code frame.StatusCode, reason string)
+	// Stats and Counts are the backend side's view.
+	Stats() relay.LegStats
+	Counts() relay.Counts
+}
+
+// backendLeg is what a Conn needs of its backend: a WebSocket endpoint, or
+// an Upstream.
+type backendLeg interface {
+	queueMessage(op frame.Opcode, p []byte) bool
+	flush()
+	close(code frame.StatusCode, reason string)
+	setPolicy(timeout.Policy)
+	Stats() relay.LegStats
+	Counts() relay.Counts
+}
+
+func (e *endpoint) setPolicy(p timeout.Policy) { e.Live.SetPolicy(p) }
+
+type upstreamLeg struct{ Upstream }
+
+func (u upstreamLeg) queueMessage(op frame.Opcode, p []byte) bool { return u.Send(op, p) }
+func (u upstreamLeg) flush()                                      { u.Flush() }
+func (u upstreamLeg) close(code frame.StatusCode, reason string)  { u.Close(code, reason) }
+
+// An Upstream holds no socket: no keepalive to run on it.
+func (upstreamLeg) setPolicy(timeout.Policy) {}
+
+// NewUpstream returns a terminated connection between an upgraded client
+// connection and an Upstream; nothing moves until Start. Reconnect does
+// not apply (an Upstream holds no connection to lose).
+func NewUpstream(client net.Conn, up Upstream, cfg Config) *Conn {
+	cfg.Reconnect = false
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.CloseGrace <= 0 {
+		cfg.CloseGrace = 5 * time.Second
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = 1 << 20
+	}
+	c := &Conn{cfg: cfg, start: cfg.Now()}
+	c.client = newEndpoint(c, relay.Client, client, cfg.Client)
+	c.client.deflate = cfg.Deflate
+	c.backend = upstreamLeg{up}
+	c.latest = c.backend
+	return c
+}
+
+// Deliver sends the client a message (text, binary) or control frame
+// (ping, pong) from the Upstream.
+func (c *Conn) Deliver(op frame.Opcode, p []byte) {
+	if op.IsControl() {
+		c.client.writeControl(op, p)
+		return
+	}
+	c.client.queueMessage(op, p)
+}
+
+// FlushClient writes what Deliver held back.
+func (c *Conn) FlushClient() { c.client.flush() }
+
+// BackendEnded closes the client because the Upstream ended: with the
+// backend's own Close code (byPeer), or 1011 and why it failed.
+func (c *Conn) BackendEnded(byPeer bool, code frame.StatusCode, reason string) {
+	c.mu.Lock()
+	if c.done {
+		c.mu.Unlock()
+		return
+	}
+	c.done = true
+	c.record("backend", code, reason)
+	c.mu.Unlock()
+	cc, cr := forClient(ending{byPeer: byPeer, code: code, reason: reason})
+	c.client.close(cc, cr)
+}
+
+// Push sends the client a message that did not come from its backend (the
+// push API). It writes at once, in the caller's goroutine, and reports
+// false when the client is closing or its write failed.
+func (c *Conn) Push(op frame.Opcode, p []byte) bool {
+	if c.isDone() {
+		return false
+	}
+	return c.client.writeMessage(op, p)
+}
