@@ -227,8 +227,8 @@ type pushpinPublish struct {
 		Channel string `json:"channel"`
 		Formats struct {
 			WSMessage *struct {
-				Action     string `json:"action"`
-				Type       string `json:"type"`
+				Action     string  `json:"action"`
+				Type       string  `json:"type"`
 				Content    *string `json:"content"`
 				ContentBin *string `json:"content-bin"`
 				Code       int     `json:"code"`

@@ -21,7 +21,9 @@ go build -o bin/legacychat ./examples/legacychat/cmd/legacychat
 
 bin/legacychat -addr 127.0.0.1:9000 -idle "${IDLE:-30s}" &
 chat=$!
-trap 'kill $chat 2>/dev/null' EXIT
+bin/legacychat -addr 127.0.0.1:9001 -publish http://localhost:2019/websocket/channels/room/messages &
+httpchat=$!
+trap 'kill $chat $httpchat 2>/dev/null' EXIT
 if [ -n "${TLS:-}" ]; then
 	echo
 	echo "  gateway over HTTPS:    https://localhost:8443  (certificate from Caddy's internal CA)"
@@ -33,6 +35,7 @@ fi
 echo
 echo "  gateway:               http://127.0.0.1:8080"
 echo "  stock reverse_proxy:   http://127.0.0.1:8081"
+echo "  HTTP-only backend:     http://127.0.0.1:8082  (mode http, the room is a push channel)"
 echo "  join both as two members each, stay silent for 30 s, then chat."
 echo
 bin/caddy run --config examples/Caddyfile --adapter caddyfile

@@ -33,7 +33,7 @@ echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 echo "== fuzzing (${FUZZTIME:=10s} per target)"
-for target in ./internal/frame:FuzzParseHeader ./internal/upgrade:FuzzValidateRequest ./internal/tunnel:FuzzRelay ./internal/terminate:FuzzUTF8Stream ./internal/terminate:FuzzEndpoint; do
+for target in ./internal/frame:FuzzParseHeader ./internal/upgrade:FuzzValidateRequest ./internal/tunnel:FuzzRelay ./internal/terminate:FuzzUTF8Stream ./internal/terminate:FuzzEndpoint ./internal/overhttp:FuzzDecode; do
 	pkg=${target%%:*} fn=${target##*:}
 	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$FUZZTIME" "$pkg"
 done

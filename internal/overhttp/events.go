@@ -58,7 +58,13 @@ func Append(dst []byte, e Event) []byte {
 	dst = append(dst, e.Type...)
 	if e.Content != nil {
 		dst = append(dst, ' ')
+		start := len(dst)
 		dst = strconv.AppendInt(dst, int64(len(e.Content)), 16)
+		for i := start; i < len(dst); i++ {
+			if 'a' <= dst[i] && dst[i] <= 'f' {
+				dst[i] -= 'a' - 'A' // upper case, as the spec writes it ("TEXT B")
+			}
+		}
 		dst = append(dst, "\r\n"...)
 		dst = append(dst, e.Content...)
 	}
