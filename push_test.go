@@ -29,11 +29,14 @@ func post(t *testing.T, url, contentType, body string) (int, string) {
 
 func onlyConnection(t *testing.T, admin, mode string) string {
 	t.Helper()
+	// The client has its 101 a moment before the hub lists the connection.
 	var list connList
-	adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
-	for _, c := range list.Connections {
-		if c.Mode == mode {
-			return c.ID
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
+		for _, c := range list.Connections {
+			if c.Mode == mode {
+				return c.ID
+			}
 		}
 	}
 	t.Fatalf("no %s connection in %+v", mode, list)
