@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project. On a fresh Debian machine it is
-# all the setup needed: it installs Debian's chromium (browser tests) and
-# python3-websockets (interop tests) when they are missing. Node.js (for the
+# all the setup needed: it installs Debian's chromium (browser tests),
+# python3-websockets (interop tests) and haproxy (the fleet test) when they
+# are missing. Node.js (for the
 # interop test with Node's WebSocket) comes with the machine.
 #
 #   bash scripts/test.sh              # checks, go test -race ./..., short fuzzing
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing ${missing[*]} (Debian packages)"
 	sudo=""
