@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
 
@@ -216,5 +217,38 @@ func TestHTTP3(t *testing.T) {
 	p, res, _ = dialH3(t, addr, "/tunnel", http.Header{"Sec-Websocket-Key": {wstest.Key()}})
 	if p != nil || res.StatusCode != http.StatusBadRequest {
 		t.Fatalf("with a key: %d, want 400", res.StatusCode)
+	}
+}
+
+// TestHTTP3ModeHTTP: mode http over an HTTP/3 stream: the client's
+// messages reach the HTTP backend as events and come back, and a reset
+// stream is a DISCONNECT.
+func TestHTTP3ModeHTTP(t *testing.T) {
+	if raceEnabled {
+		t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
+	}
+	b := newEventsBackend(t, echoEvents)
+	addr := httpsSite(t, fmt.Sprintf(`websocket %s {
+			mode http
+		}`, hostOf(b.Server)))
+	p, res, str := dialH3(t, addr, "/", nil)
+	if p == nil {
+		t.Fatalf("extended CONNECT answered %d", res.StatusCode)
+	}
+	p.WriteFrame(frame.OpText, []byte("hello over h3"))
+	f, err := p.ReadFrame(5 * time.Second)
+	if err != nil || f.Op != frame.OpText || string(f.Payload) != "hello over h3" {
+		t.Fatalf("echo: %v %v %q", err, f.Op, f.Payload)
+	}
+	str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+	str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		reqs := b.requests()
+		if last := reqs[len(reqs)-1].events; len(last) > 0 && last[len(last)-1].Type == overhttp.Disconnect {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("no DISCONNECT after the stream reset")
+		}
 	}
 }

@@ -34,6 +34,13 @@ func buildCaddy(t *testing.T) string {
 // ends, and returns its log file.
 func instance(t *testing.T, bin, name, cf string) string {
 	t.Helper()
+	_, log := startInstance(t, bin, name, cf)
+	return log
+}
+
+// startInstance is instance, with the process.
+func startInstance(t *testing.T, bin, name, cf string) (*os.Process, string) {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, name+".Caddyfile")
 	os.WriteFile(path, []byte(cf), 0o644)
@@ -52,7 +59,7 @@ func instance(t *testing.T, bin, name, cf string) string {
 			t.Logf("%s log:\n%s", name, b)
 		}
 	})
-	return logPath
+	return cmd.Process, logPath
 }
 
 func waitLog(t *testing.T, path, want string, d time.Duration) string {
