@@ -3,7 +3,6 @@ package websocket_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -192,23 +191,7 @@ func TestHTTPModeRoundTrips(t *testing.T) {
 	})
 	addr := httpModeCaddy(t, hostOf(b.Server), "max_message_size 2MiB")
 	c := dialWS(t, "ws://"+addr+"/")
-	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 1 << 20} {
-		for _, typ := range []int{websocket.TextMessage, websocket.BinaryMessage} {
-			msg := bytes.Repeat([]byte("abcdefgh"), n/8+1)[:n]
-			if typ == websocket.BinaryMessage {
-				rand.Read(msg)
-			}
-			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if err := c.WriteMessage(typ, msg); err != nil {
-				t.Fatal(err)
-			}
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			gt, got, err := c.ReadMessage()
-			if err != nil || gt != typ || !bytes.Equal(got, msg) {
-				t.Fatalf("%d bytes type %d: got %d bytes type %d, %v", n, typ, len(got), gt, err)
-			}
-		}
-	}
+	roundTrips(t, c, "mode http", 0, 1, 125, 126, 65535, 65536, 1<<20)
 	before := len(b.requests())
 	const n = 300
 	go func() {

@@ -35,23 +35,7 @@ func TestTerminateEcho(t *testing.T) {
 		if got := res.Header.Get("Sec-WebSocket-Extensions"); (got != "") != compress {
 			t.Fatalf("compression %v: extensions %q", compress, got)
 		}
-		for _, n := range []int{0, 1, 125, 126, 65535, 65536, 1 << 20, 4 << 20} {
-			for _, typ := range []int{websocket.TextMessage, websocket.BinaryMessage} {
-				msg := bytes.Repeat([]byte("abcdefgh"), n/8+1)[:n]
-				if typ == websocket.BinaryMessage {
-					rand.Read(msg)
-				}
-				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-				if err := c.WriteMessage(typ, msg); err != nil {
-					t.Fatal(err)
-				}
-				c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				gt, got, err := c.ReadMessage()
-				if err != nil || gt != typ || !bytes.Equal(got, msg) {
-					t.Fatalf("compression %v, %d bytes type %d: got %d bytes type %d, %v", compress, n, typ, len(got), gt, err)
-				}
-			}
-		}
+		roundTrips(t, c, fmt.Sprint("compression ", compress), 0, 1, 125, 126, 65535, 65536, 1<<20, 4<<20)
 		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, "done"), time.Now().Add(time.Second))
 		_, _, err = c.ReadMessage()
 		var ce *websocket.CloseError
@@ -59,6 +43,29 @@ func TestTerminateEcho(t *testing.T) {
 			t.Fatalf("close: %v", err)
 		}
 		c.Close()
+	}
+}
+
+// roundTrips sends text and binary messages of each size on c and checks
+// that each comes back whole (an echo behind the gateway).
+func roundTrips(t *testing.T, c *websocket.Conn, what string, sizes ...int) {
+	t.Helper()
+	for _, n := range sizes {
+		for _, typ := range []int{websocket.TextMessage, websocket.BinaryMessage} {
+			msg := bytes.Repeat([]byte("abcdefgh"), n/8+1)[:n]
+			if typ == websocket.BinaryMessage {
+				rand.Read(msg)
+			}
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if err := c.WriteMessage(typ, msg); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			gt, got, err := c.ReadMessage()
+			if err != nil || gt != typ || !bytes.Equal(got, msg) {
+				t.Fatalf("%s, %d bytes type %d: got %d bytes type %d, %v", what, n, typ, len(got), gt, err)
+			}
+		}
 	}
 }
 

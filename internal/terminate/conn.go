@@ -94,6 +94,14 @@ type Conn struct {
 // New returns a terminated connection between an upgraded client connection
 // and an upgraded backend connection. Nothing moves until Start.
 func New(client, backend net.Conn, cfg Config) *Conn {
+	c := newConn(client, cfg)
+	c.backend = newEndpoint(c, relay.Backend, backend, cfg.Backend)
+	c.latest = c.backend
+	return c
+}
+
+// newConn applies the defaults and makes the client's endpoint.
+func newConn(client net.Conn, cfg Config) *Conn {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -112,8 +120,6 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 	c := &Conn{cfg: cfg, start: cfg.Now()}
 	c.client = newEndpoint(c, relay.Client, client, cfg.Client)
 	c.client.deflate = cfg.Deflate
-	c.backend = newEndpoint(c, relay.Backend, backend, cfg.Backend)
-	c.latest = c.backend
 	return c
 }
 

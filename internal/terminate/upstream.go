@@ -2,7 +2,6 @@ package terminate
 
 import (
 	"net"
-	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
@@ -55,18 +54,7 @@ func (upstreamLeg) setPolicy(timeout.Policy) {}
 // not apply (an Upstream holds no connection to lose).
 func NewUpstream(client net.Conn, up Upstream, cfg Config) *Conn {
 	cfg.Reconnect = false
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.CloseGrace <= 0 {
-		cfg.CloseGrace = 5 * time.Second
-	}
-	if cfg.MaxMessageSize <= 0 {
-		cfg.MaxMessageSize = 1 << 20
-	}
-	c := &Conn{cfg: cfg, start: cfg.Now()}
-	c.client = newEndpoint(c, relay.Client, client, cfg.Client)
-	c.client.deflate = cfg.Deflate
+	c := newConn(client, cfg)
 	c.backend = upstreamLeg{up}
 	c.latest = c.backend
 	return c
