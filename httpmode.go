@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -55,22 +54,17 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 	}
 	tried := map[string]bool{}
 	var errs []string
-	for {
-		var avail []upstream
-		for _, u := range all {
-			if !tried[u.raw] && h.healthy(u.raw) && u.network == "tcp" {
-				avail = append(avail, u)
-			}
+	for _, u := range all {
+		if u.network != "tcp" {
+			tried[u.raw] = true // a unix socket speaks no HTTP of ours
 		}
-		u := h.choose(avail, r, w)
+	}
+	for {
+		u, release := h.pick(all, tried, r, w)
 		if u == nil {
 			break
 		}
-		tried[u.raw] = true
 		hs.up = *u
-		load := h.hub.load(u.raw)
-		load.Add(1)
-		release := sync.OnceFunc(func() { load.Add(-1) })
 		s, res, body, err := overhttp.Connect(ctx, h.sessionConfig(hs, *u))
 		if err != nil {
 			release()

@@ -169,18 +169,8 @@ func (h *Handler) dial(ctx context.Context, r *http.Request, w http.ResponseWrit
 	tried := map[string]bool{}
 	var errs []string
 	for attempt := 0; ; attempt++ {
-		var avail []upstream
-		for _, u := range all {
-			if !tried[u.raw] && h.healthy(u.raw) {
-				avail = append(avail, u)
-			}
-		}
-		u := h.choose(avail, r, w)
+		u, release := h.pick(all, tried, r, w)
 		if u != nil {
-			tried[u.raw] = true
-			load := h.hub.load(u.raw)
-			load.Add(1)
-			release := sync.OnceFunc(func() { load.Add(-1) })
 			conn, err := h.dialOne(ctx, *u)
 			if err == nil {
 				return conn, *u, release, nil
@@ -210,6 +200,26 @@ func (h *Handler) dial(ctx context.Context, r *http.Request, w http.ResponseWrit
 	}
 	return nil, upstream{}, nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
 		reason: "no backend reachable (" + strings.Join(errs, "; ") + ")"}
+}
+
+// pick chooses, with the selection policy, one of the healthy upstreams
+// of all not tried yet, marks it tried and counts it for least_conn until
+// release; nil when none is left.
+func (h *Handler) pick(all []upstream, tried map[string]bool, r *http.Request, w http.ResponseWriter) (*upstream, func()) {
+	var avail []upstream
+	for _, u := range all {
+		if !tried[u.raw] && h.healthy(u.raw) {
+			avail = append(avail, u)
+		}
+	}
+	u := h.choose(avail, r, w)
+	if u == nil {
+		return nil, nil
+	}
+	tried[u.raw] = true
+	load := h.hub.load(u.raw)
+	load.Add(1)
+	return u, sync.OnceFunc(func() { load.Add(-1) })
 }
 
 func rawOf(us []upstream) []string {
