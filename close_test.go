@@ -1,10 +1,13 @@
 package websocket_test
 
 import (
+	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -43,8 +46,10 @@ func closingBackend(t *testing.T, first bool) *wstest.Backend {
 // hijack wrapper. CloseGrace (5 s) only bounds a peer that never answers,
 // so "within 100 ms" tells the two apart. Each closer: the client, the
 // backend, and the gateway (admin DELETE, idle timeout, max lifetime).
+// Over wss the TCP FIN must follow TLS's close_notify at once too: a peer
+// whose TLS stack does not act on close_notify waits for the TCP close.
 func TestClosePromptly(t *testing.T) {
-	for _, site := range []string{"plain", "log+metrics"} {
+	for _, site := range []string{"plain", "log+metrics", "wss"} {
 		for _, mode := range []string{"tunnel", "terminate"} {
 			for _, closer := range []string{"client", "backend", "admin", "idle", "lifetime"} {
 				t.Run(site+"/"+mode+"/"+closer, func(t *testing.T) {
@@ -57,9 +62,13 @@ func TestClosePromptly(t *testing.T) {
 
 func testClosePromptly(t *testing.T, site, mode, closer string) {
 	backend := closingBackend(t, closer == "backend")
-	global, logDirective := "", ""
-	if site == "log+metrics" {
+	global, logDirective, scheme := "", "", "http://127.0.0.1"
+	switch site {
+	case "log+metrics":
 		global, logDirective = "\tmetrics", "log {\n\t\t\toutput discard\n\t\t}"
+	case "wss":
+		ca := wstest.NewCA(t)
+		global, logDirective, scheme = "\tskip_install_trust\n\tauto_https disable_redirects", "tls "+ca.CertFile+" "+ca.KeyFile, "https://localhost"
 	}
 	opts := ""
 	switch closer {
@@ -68,16 +77,22 @@ func testClosePromptly(t *testing.T, site, mode, closer string) {
 	case "lifetime":
 		opts = "max_lifetime 300ms"
 	}
-	addr, admin := wstest.StartCaddyGlobal(t, global, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+	addr, admin := wstest.StartCaddyGlobal(t, global, fmt.Sprintf(`%s:{PORT} {
 		%s
 		websocket %s {
 			mode %s
 			%s
 		}
-	}`, logDirective, backend.Addr, mode, opts), closer == "admin")
-	p, res := wstest.Dial(t, addr, "")
-	if p == nil {
-		t.Fatalf("upgrade: %d", res.StatusCode)
+	}`, scheme, logDirective, backend.Addr, mode, opts), closer == "admin")
+	var p *wstest.Peer
+	var raw net.Conn // under TLS, the TCP connection
+	if site == "wss" {
+		p, raw = dialTLS(t, addr)
+	} else {
+		var res *http.Response
+		if p, res = wstest.Dial(t, addr, ""); p == nil {
+			t.Fatalf("upgrade: %d", res.StatusCode)
+		}
 	}
 
 	switch closer {
@@ -122,9 +137,40 @@ func testClosePromptly(t *testing.T, site, mode, closer string) {
 	if err != nil || n != 0 {
 		t.Fatalf("after Close: %d more bytes, %v", n, err)
 	}
+	if raw != nil {
+		// TLS's close_notify ended the stream above; the TCP FIN must be
+		// right behind it.
+		raw.SetReadDeadline(time.Now().Add(6 * time.Second))
+		_, err := io.Copy(io.Discard, raw)
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("TCP still open %v after close_notify", time.Since(done))
+		}
+		el = time.Since(done)
+	}
 	code, reason, _ := frame.ParseClose(f.Payload)
 	t.Logf("Close %d %q; TCP closed %v after the handshake", code, reason, el)
 	if el > 100*time.Millisecond {
 		t.Fatalf("TCP closed %v after the closing handshake, want < 100ms", el)
 	}
+}
+
+// dialTLS opens a wss connection to addr (a localhost site), keeping hold
+// of the TCP connection under TLS.
+func dialTLS(t *testing.T, addr string) (*wstest.Peer, net.Conn) {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(tc, wstest.UpgradeRequest("localhost", "/ws", wstest.Key()))
+	br := bufio.NewReader(tc)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("wss upgrade: %v %v", res, err)
+	}
+	tc.SetDeadline(time.Time{})
+	return &wstest.Peer{Conn: tc, R: br, Masked: true}, raw
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -175,10 +176,28 @@ func (l *Leg) GotClose() bool { return l.closeRecv.Load() }
 // says so while the peer's own Close can still come back.
 func (l *Leg) SentClose() {
 	l.closeSent.Store(true)
-	if cw, ok := l.conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+	if halfClose(l.conn) {
 		l.halfClosed.Store(true)
 	}
 	l.closeDone()
+}
+
+// halfClose closes conn's write side. A TLS connection's CloseWrite sends
+// close_notify alone: the TCP FIN goes right behind it, or a peer whose
+// TLS stack does not act on close_notify (Autobahn's Twisted) waits for
+// the TCP close, and the gateway lingers for its end, until one of them
+// gives up.
+func halfClose(conn net.Conn) bool {
+	cw, ok := conn.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return false
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		if tcp, ok := tc.NetConn().(interface{ CloseWrite() error }); ok {
+			tcp.CloseWrite()
+		}
+	}
+	return true
 }
 
 // closeDone ends a leg whose closing handshake is complete, when the
