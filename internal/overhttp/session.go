@@ -63,6 +63,9 @@ type Config struct {
 	MaxPending int
 	// MaxContent bounds an event's content from the backend. Default 1 MiB.
 	MaxContent int
+	// MinKeepAlive is the floor of a backend's Keep-Alive-Interval.
+	// Default 20s, as Pushpin has it.
+	MinKeepAlive time.Duration
 	// OnControl is told of the backend's GRIP control messages.
 	OnControl func(Control)
 	// OnError is told why the session failed (for the log).
@@ -92,6 +95,7 @@ type Session struct {
 	done      bool // no more requests: the final event went, or the backend ended
 	peerClose bool // the backend's CLOSE came; the client's echo is the final event
 	initial   []Event
+	started   bool // the OPEN answer's events went to the client: requests may go
 	keepAlive time.Duration
 	timer     *time.Timer
 }
@@ -111,6 +115,9 @@ func Connect(ctx context.Context, cfg Config) (s *Session, res *http.Response, b
 	}
 	if cfg.MaxContent <= 0 {
 		cfg.MaxContent = 1 << 20
+	}
+	if cfg.MinKeepAlive <= 0 {
+		cfg.MinKeepAlive = 20 * time.Second
 	}
 	s = &Session{cfg: cfg, meta: http.Header{}}
 	s.room = sync.NewCond(&s.mu)
@@ -185,11 +192,15 @@ func (s *Session) Start(sink Sink) {
 	s.sink = sink
 	initial := s.initial
 	s.initial = nil
-	if s.deliver(initial) {
-		return
-	}
+	ended := s.deliver(initial)
+	// Requests wait for the OPEN answer's events to be delivered, so that
+	// an answer to a message cannot overtake them.
 	s.mu.Lock()
-	s.armLocked()
+	s.started = true
+	s.kickLocked(false)
+	if !ended {
+		s.armLocked()
+	}
 	s.mu.Unlock()
 }
 
@@ -262,7 +273,7 @@ func (s *Session) Counts() relay.Counts {
 // kickLocked starts the request goroutine when there is something to send
 // (or poll is set: the keep-alive interval is up) and none is in flight.
 func (s *Session) kickLocked(poll bool) {
-	if s.inflight || s.done || s.sink == nil {
+	if s.inflight || s.done || !s.started {
 		return
 	}
 	if !poll && len(s.pending) == 0 && s.final == nil {
@@ -446,7 +457,7 @@ func (s *Session) deliver(events []Event) (ended bool) {
 }
 
 // apply takes the protocol's response headers: Set-Meta-* and
-// Keep-Alive-Interval (seconds; at least 20, as Pushpin has it).
+// Keep-Alive-Interval (seconds; at least MinKeepAlive).
 func (s *Session) apply(h http.Header) {
 	for k, v := range h {
 		if name, ok := strings.CutPrefix(k, "Set-Meta-"); ok && name != "" {
@@ -460,7 +471,7 @@ func (s *Session) apply(h http.Header) {
 	if v := h.Get("Keep-Alive-Interval"); v != "" {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err == nil && n > 0 {
-			s.keepAlive = time.Duration(max(n, 20)) * time.Second
+			s.keepAlive = max(time.Duration(n)*time.Second, s.cfg.MinKeepAlive)
 		} else {
 			s.keepAlive = 0
 		}
