@@ -18,7 +18,7 @@ type recorder struct {
 }
 
 func (r *recorder) Deliver(op frame.Opcode, p []byte) { r.got <- string(p) }
-func (r *recorder) FlushClient()                     {}
+func (r *recorder) FlushClient()                      {}
 func (r *recorder) BackendEnded(byPeer bool, code frame.StatusCode, reason string) {
 	r.got <- "ended: " + reason
 }
