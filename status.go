@@ -28,7 +28,10 @@ func init() {
 // page (basic_auth, remote_ip).
 //
 // The route serves, below the path it is given: the page at "/", and
-// "connections", "connections/{id}" (GET, DELETE) and "upstreams".
+// "connections", "connections/{id}" (GET, DELETE) and "upstreams", and
+// the push API: "connections/{id}/messages", "channels",
+// "channels/{name}/messages" and "publish/" (POST: anyone who reaches the
+// route can send to every client).
 type Status struct{}
 
 // CaddyModule returns the Caddy module information.
