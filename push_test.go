@@ -53,6 +53,7 @@ func TestPushToConnection(t *testing.T) {
 			mode terminate
 		}
 		websocket /tunnel %[1]s
+		websocket_status /ws-status/*
 	}`, hostOf(echo)), true)
 	c := dialWS(t, "ws://"+addr+"/terminate")
 	id := onlyConnection(t, admin, "terminate")
@@ -66,11 +67,15 @@ func TestPushToConnection(t *testing.T) {
 	if st, body := post(t, base, "text/plain", "\xff"); st != 400 || !strings.Contains(body, "UTF-8") {
 		t.Fatalf("invalid text: %d %s", st, body)
 	}
+	// The same route below websocket_status, on the site.
+	if st, body := post(t, "http://"+addr+"/ws-status/connections/"+id+"/messages", "text/plain", "from the site"); st != 200 {
+		t.Fatalf("push through websocket_status: %d %s", st, body)
+	}
 	c.WriteMessage(websocket.TextMessage, []byte("echo me"))
 	want := []struct {
 		typ int
 		msg string
-	}{{websocket.TextMessage, "from the server"}, {websocket.BinaryMessage, "\x00\x01"}, {websocket.TextMessage, "echo me"}}
+	}{{websocket.TextMessage, "from the server"}, {websocket.BinaryMessage, "\x00\x01"}, {websocket.TextMessage, "from the site"}, {websocket.TextMessage, "echo me"}}
 	for _, w := range want {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		typ, msg, err := c.ReadMessage()
