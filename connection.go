@@ -38,7 +38,6 @@ type connection struct {
 	start       time.Time
 	lifetime    *time.Timer
 	release     func() // the upstream's least_conn count, given back at the end
-	grip        bool   // mode http: the backend speaks GRIP
 	push        pushQueue
 	channels    []string // subscribed to; guarded by the hub's lock
 }

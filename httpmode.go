@@ -54,6 +54,7 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 	}
 	tried := map[string]bool{}
 	var errs []string
+	timedOut := false
 	for _, u := range all {
 		if u.network != "tcp" {
 			tried[u.raw] = true // a unix socket speaks no HTTP of ours
@@ -71,10 +72,11 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 			h.hub.failed(h, *u, err.Error())
 			h.logger.Warn("websocket backend OPEN failed", zapUpstream(*u), zap.Error(err))
 			errs = append(errs, u.raw+": "+err.Error())
+			timedOut = errors.Is(err, overhttp.ErrTimeout)
 			if errors.Is(err, overhttp.ErrUnreachable) {
 				continue // another upstream may answer
 			}
-			return backendRefusal(errs)
+			break
 		}
 		hs.release = release
 		if s == nil {
@@ -93,15 +95,10 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 		return nil
 	}
 	if len(errs) == 0 {
-		return &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
-			reason: "no healthy backend (" + strings.Join(rawOf(all), ", ") + ")"}
+		return noHealthyBackend(all)
 	}
-	return backendRefusal(errs)
-}
-
-func backendRefusal(errs []string) *refusal {
-	rf := &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(errs, "; ")}
-	if strings.Contains(rf.reason, "did not answer within") {
+	rf = &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(errs, "; ")}
+	if timedOut {
 		rf.status, rf.code = http.StatusGatewayTimeout, "backend_timeout"
 	}
 	return rf
@@ -195,7 +192,6 @@ func (m httpMode) relay(h *Handler, c *connection, hs *handshake, client net.Con
 	}
 	s := hs.session
 	if g, ok := s.Grip(); ok {
-		c.grip = true
 		h.logger.Debug("websocket backend speaks GRIP", zap.String("id", c.id), zap.String("message_prefix", g.Prefix))
 	}
 	s.OnControl(func(ctl overhttp.Control) { h.control(c, ctl) })

@@ -195,8 +195,7 @@ func (h *Handler) dial(ctx context.Context, r *http.Request, w http.ResponseWrit
 		}
 	}
 	if len(errs) == 0 {
-		return nil, upstream{}, nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
-			reason: "no healthy backend (" + strings.Join(rawOf(all), ", ") + ")"}
+		return nil, upstream{}, nil, noHealthyBackend(all)
 	}
 	return nil, upstream{}, nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
 		reason: "no backend reachable (" + strings.Join(errs, "; ") + ")"}
@@ -220,6 +219,12 @@ func (h *Handler) pick(all []upstream, tried map[string]bool, r *http.Request, w
 	load := h.hub.load(u.raw)
 	load.Add(1)
 	return u, sync.OnceFunc(func() { load.Add(-1) })
+}
+
+// noHealthyBackend is the refusal when no upstream of all was left to try.
+func noHealthyBackend(all []upstream) *refusal {
+	return &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
+		reason: "no healthy backend (" + strings.Join(rawOf(all), ", ") + ")"}
 }
 
 func rawOf(us []upstream) []string {

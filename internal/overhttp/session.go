@@ -27,6 +27,10 @@ import (
 // be made: another upstream may be tried.
 var ErrUnreachable = errors.New("backend unreachable")
 
+// ErrTimeout wraps the error of a request the backend did not answer
+// within the timeout.
+var ErrTimeout = errors.New("backend did not answer")
+
 // Sink is the client's side of the connection, where the backend's events
 // go. Its methods may be called from the session's request goroutine.
 type Sink interface {
@@ -533,7 +537,7 @@ func (s *Session) send(ctx context.Context, body []byte, meta http.Header) (res 
 // most 123 bytes) and a log line can carry.
 func (s *Session) reason(ctx context.Context, err error) error {
 	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("backend did not answer within %v", s.cfg.Timeout)
+		return fmt.Errorf("%w within %v", ErrTimeout, s.cfg.Timeout)
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {

@@ -404,10 +404,6 @@ func (c *Conn) isDone() bool {
 
 // resume makes conn the backend and sends it the held messages, in order.
 func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
-	if _, up := c.latest.(upstreamLeg); up {
-		conn.Close()
-		return false
-	}
 	c.mu.Lock()
 	e := newEndpoint(c, relay.Backend, conn, c.cfg.Backend)
 	defer c.mu.Unlock()
