@@ -10,7 +10,8 @@ import (
 // goes to every connection subscribed to it. A connection is subscribed by
 // its backend: in mode http with GRIP control messages ("c:" +
 // {"type":"subscribe","channel":...}), and in either terminating mode with
-// a Grip-Channel header on the handshake's answer. Subscriptions end with
+// a Grip-Channel header on the handshake's answer (a tunnel's backend
+// headers pass to the client untouched). Subscriptions end with
 // the connection.
 
 // GripChannelHeader names the channels a backend's handshake answer

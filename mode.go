@@ -146,6 +146,10 @@ func (terminateMode) request(_ *http.Request, hs *handshake) {
 // (or the first required one the client offered), permessage-deflate when
 // the client offers it, and the backend's other headers (cookies).
 func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal {
+	// The push API can reach this connection: the backend may name its
+	// channels (a tunnel has no message boundary to push at, so its
+	// backend's headers pass as they are).
+	hs.channels = gripChannels(hs.res.Header)
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
 	chosen := hs.res.Header.Get("Sec-WebSocket-Protocol")
 	switch {

@@ -61,7 +61,8 @@ type handshake struct {
 	subprotocol string
 	deflate     bool
 	// session is mode http's backend; channels are those the backend's
-	// answer subscribed the connection to (Grip-Channel).
+	// answer subscribed the connection to (Grip-Channel, terminating
+	// modes).
 	session  *overhttp.Session
 	channels []string
 }
@@ -116,7 +117,6 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		hs.closeBackend()
 		return nil
 	}
-	hs.channels = gripChannels(hs.res.Header)
 	h.debugHandshake(hs.id, hs.up, r.Header, hs.res.Header)
 
 	if rf := m.answer(h, r, hs, w.Header()); rf != nil {
