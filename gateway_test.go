@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -597,5 +599,63 @@ func TestReloadKeepsConnections(t *testing.T) {
 	var ce *websocket.CloseError
 	if !errors.As(err, &ce) || ce.Code != 1001 || ce.Text != "server shutting down" {
 		t.Fatalf("after caddy stop: %v", err)
+	}
+}
+
+// TestReloadHandOverRules: on a reload, a connection moves to the newest
+// handler that serves its upstream in its mode, and runs under that
+// handler's policies from then on; one whose upstream is no longer served
+// in its mode is closed with 1012 after the old handler's close delay.
+func TestReloadHandOverRules(t *testing.T) {
+	e1, e2 := echoBackend(t), echoBackend(t)
+	ports := []int{wstest.FreePort(t), wstest.FreePort(t)}
+	config := func(site1, site2 string) string {
+		return fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}\n"+
+			"http://127.0.0.1:%d {\n\twebsocket %s {\n%s\n\t}\n}\nhttp://127.0.0.1:%d {\n\twebsocket %s {\n%s\n\t}\n}\n",
+			ports[0], hostOf(e1), site1, ports[1], hostOf(e2), site2)
+	}
+	wstest.LoadCaddyfile(t, config("\t\treload_close_delay 100ms", "\t\tmode terminate\n\t\treload_close_delay 100ms"))
+	t.Cleanup(func() { caddy.Stop() })
+	tunnel := dialWS(t, fmt.Sprintf("ws://127.0.0.1:%d/", ports[0]))
+	term := dialWS(t, fmt.Sprintf("ws://127.0.0.1:%d/", ports[1]))
+	for _, c := range []*websocket.Conn{tunnel, term} {
+		roundTripWS(t, c, "before")
+	}
+
+	// Site 1 now terminates e1; site 2 pings its clients every 300 ms.
+	wstest.LoadCaddyfile(t, config("\t\tmode terminate", "\t\tmode terminate\n\t\tclient {\n\t\t\tkeepalive 300ms\n\t\t}"))
+
+	tunnel.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err := tunnel.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 1012 || ce.Text != "upstream now served in terminate mode; reconnect" {
+		t.Fatalf("tunnel connection after its mode changed: %v", err)
+	}
+
+	roundTripWS(t, term, "after")
+	var pings atomic.Int64
+	term.SetPingHandler(func(data string) error {
+		pings.Add(1)
+		return term.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	term.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	var ne net.Error
+	if _, _, err := term.ReadMessage(); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("terminate connection, reading: %v", err)
+	}
+	if n := pings.Load(); n < 3 {
+		t.Fatalf("%d pings in 1.5 s under the new config's 300 ms keepalive", n)
+	}
+}
+
+// roundTripWS sends msg on c and expects it back.
+func roundTripWS(t *testing.T, c *websocket.Conn, msg string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, err := c.ReadMessage(); err != nil || string(m) != msg {
+		t.Fatalf("%q: %q %v", msg, m, err)
 	}
 }

@@ -223,6 +223,7 @@ func (h *hub) retire(hd *Handler) {
 	h.mu.Lock()
 	h.handlers = slices.DeleteFunc(h.handlers, func(x *Handler) bool { return x == hd })
 	var moved, orphaned []*connection
+	var reasons []string
 	for _, c := range h.conns {
 		if c.owner != hd {
 			continue
@@ -232,6 +233,7 @@ func (h *hub) retire(hd *Handler) {
 			moved = append(moved, c)
 		} else {
 			orphaned = append(orphaned, c)
+			reasons = append(reasons, h.orphanReasonLocked(c))
 		}
 	}
 	h.mu.Unlock()
@@ -242,10 +244,10 @@ func (h *hub) retire(hd *Handler) {
 	if delay <= 0 {
 		delay = DefaultReloadCloseDelay
 	}
-	for _, c := range orphaned {
-		c := c
+	for i, c := range orphaned {
+		reason := reasons[i]
 		time.AfterFunc(jitter(delay, 0, 0.5), func() {
-			c.relay.Close(frame.CloseServiceRestart, "upstream removed from the configuration")
+			c.relay.Close(frame.CloseServiceRestart, reason)
 		})
 	}
 	if len(moved)+len(orphaned) > 0 {
@@ -254,6 +256,20 @@ func (h *hub) retire(hd *Handler) {
 	}
 }
 
+// orphanReasonLocked is the Close reason of a connection that no handler
+// of the new config takes: its upstream is gone, or served in another mode
+// (a connection can't change mode: the handshake is done).
+func (h *hub) orphanReasonLocked(c *connection) string {
+	for i := len(h.handlers) - 1; i >= 0; i-- {
+		if s := h.handlers[i]; s.hasUpstream(c.upstream) {
+			return "upstream now served in " + s.mode().name() + " mode; reconnect"
+		}
+	}
+	return "upstream removed from the configuration"
+}
+
+// successorLocked is the newest handler that serves c's upstream in c's
+// mode; the caller holds h.mu.
 func (h *hub) successorLocked(c *connection) *Handler {
 	for i := len(h.handlers) - 1; i >= 0; i-- {
 		s := h.handlers[i]

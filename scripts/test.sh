@@ -40,9 +40,9 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 # worker is busy (golang/go#75804, fixed in Go 1.27). FUZZTIME, when given,
 # is used for every target as is (a duration or a count such as 1000000x).
 echo "== fuzzing (${FUZZTIME:-a fixed number of executions} per target)"
-for target in ./internal/frame:FuzzParseHeader:80000 ./internal/upgrade:FuzzValidateRequest:20000 \
-	./internal/tunnel:FuzzRelay:20000 ./internal/terminate:FuzzUTF8Stream:200000 \
-	./internal/terminate:FuzzEndpoint:60000 ./internal/overhttp:FuzzDecode:80000; do
+for target in ./internal/frame:FuzzParseHeader:500000 ./internal/upgrade:FuzzValidateRequest:250000 \
+	./internal/tunnel:FuzzRelay:150000 ./internal/terminate:FuzzUTF8Stream:250000 \
+	./internal/terminate:FuzzEndpoint:100000 ./internal/overhttp:FuzzDecode:100000; do
 	IFS=: read -r pkg fn count <<<"$target"
 	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "${FUZZTIME:-${count}x}" "$pkg"
 done
