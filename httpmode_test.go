@@ -213,6 +213,54 @@ func TestHTTPModeRoundTrips(t *testing.T) {
 	t.Logf("%d pipelined messages in order, in %d requests", n, reqs)
 }
 
+// TestHTTPModeFlowControl: a backend that takes only whole lines says so
+// with Content-Bytes-Accepted (Pushpin's flow control); the rest of a line
+// comes back to it, marked with Content-Bytes-Replayed, in front of the
+// client's next message, and it answers each line once it is whole.
+func TestHTTPModeFlowControl(t *testing.T) {
+	b := newEventsBackend(t, func(r *http.Request, in []overhttp.Event, w http.Header) (int, []overhttp.Event) {
+		if len(in) == 1 && in[0].Type == overhttp.Open {
+			return http.StatusOK, in
+		}
+		var text string
+		for _, e := range in {
+			if e.Type == overhttp.Text {
+				text += string(e.Content)
+			}
+		}
+		whole := strings.LastIndexByte(text, '\n') + 1
+		w.Set("Content-Bytes-Accepted", fmt.Sprint(whole))
+		var out []overhttp.Event
+		for _, line := range strings.Split(text[:whole], "\n") {
+			if line != "" {
+				out = append(out, overhttp.Event{Type: overhttp.Text, Content: []byte("line: " + line)})
+			}
+		}
+		return http.StatusOK, out
+	})
+	addr := httpModeCaddy(t, hostOf(b.Server), "")
+	c := dialWS(t, "ws://"+addr+"/")
+	for _, part := range []string{"hel", "lo\nwor", "ld\n"} {
+		if err := c.WriteMessage(websocket.TextMessage, []byte(part)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // one request each
+	}
+	for _, want := range []string{"line: hello", "line: world"} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, got, err := c.ReadMessage(); err != nil || string(got) != want {
+			t.Fatalf("got %q %v, want %q", got, err, want)
+		}
+	}
+	var replayed []string
+	for _, r := range b.requests()[1:] {
+		replayed = append(replayed, r.header.Get("Content-Bytes-Replayed"))
+	}
+	if strings.Join(replayed, ",") != ",3,3" {
+		t.Fatalf("Content-Bytes-Replayed of the message requests: %q, want \"\", 3, 3", replayed)
+	}
+}
+
 // TestHTTPModeClose: the client's Close reaches the backend as CLOSE with
 // its code; the backend's CLOSE reaches the client with its code; a client
 // that vanishes is a DISCONNECT.

@@ -94,6 +94,11 @@ type Session struct {
 	meta      http.Header
 	pending   []Event
 	size      int
+	// The first replayN events of pending (replayBytes of content) are
+	// what the backend kept back with Content-Bytes-Accepted: sent again
+	// with the next request, which waits for new data.
+	replayN     int
+	replayBytes int
 	final     *Event // CLOSE or DISCONNECT, sent after pending
 	inflight  bool
 	done      bool // no more requests: the final event went, or the backend ended
@@ -125,7 +130,7 @@ func Connect(ctx context.Context, cfg Config) (s *Session, res *http.Response, b
 	}
 	s = &Session{cfg: cfg, meta: http.Header{}}
 	s.room = sync.NewCond(&s.mu)
-	res, body, err = s.post(ctx, Append(nil, Event{Type: Open}), s.meta)
+	res, body, err = s.post(ctx, Append(nil, Event{Type: Open}), s.meta, 0)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -280,7 +285,7 @@ func (s *Session) kickLocked(poll bool) {
 	if s.inflight || s.done || !s.started {
 		return
 	}
-	if !poll && len(s.pending) == 0 && s.final == nil {
+	if !poll && !s.newDataLocked() && s.final == nil {
 		return
 	}
 	s.inflight = true
@@ -288,6 +293,13 @@ func (s *Session) kickLocked(poll bool) {
 		s.timer.Stop()
 	}
 	go s.run()
+}
+
+// newDataLocked reports whether pending holds more than what the backend
+// kept back: a backend that accepts nothing is not asked again until there
+// is more (or its keep-alive poll is due).
+func (s *Session) newDataLocked() bool {
+	return len(s.pending) > s.replayN || s.size > s.replayBytes
 }
 
 // armLocked sets the keep-alive poll: with Keep-Alive-Interval, the backend
@@ -313,15 +325,15 @@ func (s *Session) run() {
 	first := true
 	for {
 		s.mu.Lock()
-		batch, final := s.pending, s.final
-		if len(batch) == 0 && final == nil && !first {
+		batch, final, replayed := s.pending, s.final, s.replayBytes
+		if final == nil && !first && !s.newDataLocked() {
 			s.inflight = false
 			s.armLocked()
 			s.mu.Unlock()
 			return
 		}
 		first = false
-		s.pending, s.size = nil, 0
+		s.pending, s.size, s.replayN, s.replayBytes = nil, 0, 0, 0
 		if final != nil {
 			s.done = true
 		}
@@ -336,7 +348,7 @@ func (s *Session) run() {
 		if final != nil {
 			body = Append(body, *final)
 		}
-		res, rbody, err := s.post(context.Background(), body, meta)
+		res, rbody, err := s.post(context.Background(), body, meta, replayed)
 		if err == nil && res.StatusCode != http.StatusOK {
 			err = fmt.Errorf("backend answered %s", res.Status)
 		}
@@ -347,8 +359,18 @@ func (s *Session) run() {
 		if err == nil {
 			events, err = Decode(rbody, s.cfg.MaxContent)
 		}
+		var rest []Event
+		var restBytes int
+		if err == nil {
+			rest, restBytes, err = keptBack(res.Header, batch)
+		}
 		if final != nil {
-			return // the client is gone: nothing more to deliver
+			// The client is gone: nothing more to deliver, and what the
+			// backend keeps back of this last request is its own.
+			return
+		}
+		if err == nil && restBytes >= s.cfg.MaxPending {
+			err = fmt.Errorf("backend kept back %d bytes with Content-Bytes-Accepted, the pending limit", restBytes)
 		}
 		if err != nil {
 			s.fail(err)
@@ -356,6 +378,11 @@ func (s *Session) run() {
 		}
 		s.mu.Lock()
 		s.apply(res.Header)
+		if len(rest) > 0 {
+			s.pending = append(rest, s.pending...)
+			s.size += restBytes
+			s.replayN, s.replayBytes = len(rest), restBytes
+		}
 		s.mu.Unlock()
 		if s.deliver(events) {
 			s.mu.Lock()
@@ -365,6 +392,41 @@ func (s *Session) run() {
 			return
 		}
 	}
+}
+
+// keptBack applies an answer's Content-Bytes-Accepted (Pushpin's flow
+// control): the backend took that many bytes of the batch's content, from
+// the front; rest is what it kept back, the tail of a message split where
+// the count ends, for the next request. Without the header (or with a
+// value that is not a count, as Pushpin reads it) everything was taken.
+func keptBack(h http.Header, batch []Event) (rest []Event, restBytes int, err error) {
+	v := h.Get("Content-Bytes-Accepted")
+	if v == "" {
+		return nil, 0, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 0 {
+		return nil, 0, nil
+	}
+	total := 0
+	for _, e := range batch {
+		total += len(e.Content)
+	}
+	if n > total {
+		return nil, 0, fmt.Errorf("backend's Content-Bytes-Accepted %d is more than the %d bytes sent", n, total)
+	}
+	for i, e := range batch {
+		if n >= len(e.Content) {
+			n -= len(e.Content)
+			continue
+		}
+		rest = append([]Event{{Type: e.Type, Content: e.Content[n:]}}, batch[i+1:]...)
+		for _, r := range rest {
+			restBytes += len(r.Content)
+		}
+		return rest, restBytes, nil
+	}
+	return nil, 0, nil
 }
 
 // fail ends the session for a backend error: the client gets 1011.
@@ -483,15 +545,16 @@ func (s *Session) apply(h http.Header) {
 }
 
 // post sends one request of events and reads its answer, within the
-// request timeout.
-func (s *Session) post(ctx context.Context, body []byte, meta http.Header) (*http.Response, []byte, error) {
+// request timeout; replayed is how many bytes of its content at the front
+// the backend kept back last time (Content-Bytes-Replayed).
+func (s *Session) post(ctx context.Context, body []byte, meta http.Header, replayed int) (*http.Response, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	res, reused, err := s.send(ctx, body, meta)
+	res, reused, err := s.send(ctx, body, meta, replayed)
 	if err != nil && reused && ctx.Err() == nil {
 		// The backend closed a kept-alive connection as the request went
 		// out on it (its idle timeout): send again, on a new one.
-		res, _, err = s.send(ctx, body, meta)
+		res, _, err = s.send(ctx, body, meta, replayed)
 	}
 	if err != nil {
 		return nil, nil, s.reason(ctx, err)
@@ -511,7 +574,7 @@ func (s *Session) post(ctx context.Context, body []byte, meta http.Header) (*htt
 
 // send makes one attempt; reused says it went out on a kept-alive
 // connection.
-func (s *Session) send(ctx context.Context, body []byte, meta http.Header) (res *http.Response, reused bool, err error) {
+func (s *Session) send(ctx context.Context, body []byte, meta http.Header, replayed int) (res *http.Response, reused bool, err error) {
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.URL, bytes.NewReader(body))
 	if err != nil {
@@ -528,6 +591,9 @@ func (s *Session) send(ctx context.Context, body []byte, meta http.Header) (res 
 	req.Header.Set("Connection-Id", s.cfg.ID)
 	req.Header.Set("Content-Type", ContentType)
 	req.Header.Set("Accept", ContentType)
+	if replayed > 0 {
+		req.Header.Set("Content-Bytes-Replayed", strconv.Itoa(replayed))
+	}
 	s.lastWrite.Store(time.Now().UnixNano())
 	res, err = s.cfg.Client.Do(req)
 	return res, reused, err
