@@ -89,24 +89,24 @@ type Session struct {
 	lastRead    atomic.Int64 // unix nanos of the last answer
 	lastWrite   atomic.Int64 // unix nanos of the last request
 
-	mu        sync.Mutex
-	room      *sync.Cond // signalled when pending is taken or the session is done
-	meta      http.Header
-	pending   []Event
-	size      int
+	mu      sync.Mutex
+	room    *sync.Cond // signalled when pending is taken or the session is done
+	meta    http.Header
+	pending []Event
+	size    int
 	// The first replayN events of pending (replayBytes of content) are
 	// what the backend kept back with Content-Bytes-Accepted: sent again
 	// with the next request, which waits for new data.
 	replayN     int
 	replayBytes int
-	final     *Event // CLOSE or DISCONNECT, sent after pending
-	inflight  bool
-	done      bool // no more requests: the final event went, or the backend ended
-	peerClose bool // the backend's CLOSE came; the client's echo is the final event
-	initial   []Event
-	started   bool // the OPEN answer's events went to the client: requests may go
-	keepAlive time.Duration
-	timer     *time.Timer
+	final       *Event // CLOSE or DISCONNECT, sent after pending
+	inflight    bool
+	done        bool // no more requests: the final event went, or the backend ended
+	peerClose   bool // the backend's CLOSE came; the client's echo is the final event
+	initial     []Event
+	started     bool // the OPEN answer's events went to the client: requests may go
+	keepAlive   time.Duration
+	timer       *time.Timer
 }
 
 // Connect sends the OPEN request. On a 200 answer whose events start with
