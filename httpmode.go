@@ -3,6 +3,7 @@ package websocket
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -55,11 +56,6 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 	tried := map[string]bool{}
 	var errs []string
 	timedOut := false
-	for _, u := range all {
-		if u.network != "tcp" {
-			tried[u.raw] = true // a unix socket speaks no HTTP of ours
-		}
-	}
 	for {
 		u, release := h.pick(all, tried, r, w)
 		if u == nil {
@@ -136,9 +132,13 @@ func (h *Handler) sessionConfig(hs *handshake, u upstream) overhttp.Config {
 		maxMsg = 1 << 20
 	}
 	id := hs.id
+	host := u.addr
+	if u.network == "unix" {
+		host = unixHost(u.addr)
+	}
 	return overhttp.Config{
 		Client:     h.events,
-		URL:        scheme + "://" + u.addr + hs.uri,
+		URL:        scheme + "://" + host + hs.uri,
 		Host:       hs.host,
 		Header:     hs.hdr,
 		ID:         id,
@@ -171,9 +171,16 @@ func (h *Handler) eventsClient() *http.Client {
 		tc = tc.Clone()
 		tc.NextProtos = nil // HTTP/1.1 or HTTP/2, whichever the backend speaks
 	}
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if path, ok := unixPath(addr); ok {
+			return dialer.DialContext(ctx, "unix", path)
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
 	return &http.Client{
 		Transport: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:         dial,
 			TLSClientConfig:     tc,
 			TLSHandshakeTimeout: tlsTimeout,
 			MaxIdleConnsPerHost: 64,
@@ -183,6 +190,28 @@ func (h *Handler) eventsClient() *http.Client {
 		// A redirect is the backend's answer to pass on, not to follow.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// unixSuffix marks the host of a request URL that stands for a unix
+// socket: the transport pools connections per URL host, so each socket
+// path gets a host of its own (its hex form), which its dial decodes. The
+// requests' Host header is the client's, set apart from the URL.
+const unixSuffix = ".unix.invalid"
+
+func unixHost(path string) string { return hex.EncodeToString([]byte(path)) + unixSuffix }
+
+// unixPath is the socket path of a dial address made by unixHost.
+func unixPath(addr string) (string, bool) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	enc, ok := strings.CutSuffix(host, unixSuffix)
+	if !ok {
+		return "", false
+	}
+	b, err := hex.DecodeString(enc)
+	return string(b), err == nil
 }
 
 func (m httpMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -258,6 +259,27 @@ func TestHTTPModeFlowControl(t *testing.T) {
 	}
 	if strings.Join(replayed, ",") != ",3,3" {
 		t.Fatalf("Content-Bytes-Replayed of the message requests: %q, want \"\", 3, 3", replayed)
+	}
+}
+
+// TestHTTPModeUnixSocket: a WebSocket-over-HTTP backend on a unix socket
+// (unix//path, as for the other modes), kept-alive requests included.
+func TestHTTPModeUnixSocket(t *testing.T) {
+	b := newEventsBackend(t, echoEvents)
+	sock := t.TempDir() + "/events.sock"
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: b.Server.Config.Handler}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	addr := httpModeCaddy(t, "unix/"+sock, "")
+	c := dialWS(t, "ws://"+addr+"/room?x=1")
+	roundTrips(t, c, "mode http over a unix socket", 0, 5, 70000)
+	reqs := b.requests()
+	if len(reqs) < 4 || reqs[0].header.Get("Connection-Id") == "" {
+		t.Fatalf("backend saw %d requests", len(reqs))
 	}
 }
 
