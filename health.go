@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
 )
 
 // HealthChecks marks upstreams down and up, with the names and meaning of
@@ -27,8 +28,10 @@ type HealthChecks struct {
 }
 
 // ActiveHealthChecks speak WebSocket: a handshake on URI, then a Ping that
-// must be answered with a Pong, then a Close. Only the upstreams listed in
-// to are checked (not placeholders or dynamic ones, as in reverse_proxy).
+// must be answered with a Pong, then a Close. With mode http they speak
+// WebSocket-over-HTTP: an OPEN on URI that must be accepted, then a
+// DISCONNECT. Only the upstreams listed in to are checked (not
+// placeholders or dynamic ones, as in reverse_proxy).
 type ActiveHealthChecks struct {
 	// URI is the path (and query) of the check's upgrade request. Default
 	// "/".
@@ -223,13 +226,16 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	conn, err := hd.dialOne(ctx, u)
-	if err != nil {
-		return fmt.Errorf("dial: %s", dialReason(err))
-	}
 	uri := a.URI
 	if uri == "" {
 		uri = "/"
+	}
+	if hd.Mode == "http" {
+		return hd.probeHealthOverHTTP(ctx, u, uri, timeout)
+	}
+	conn, err := hd.dialOne(ctx, u)
+	if err != nil {
+		return fmt.Errorf("dial: %s", dialReason(err))
 	}
 	req, key := gatewayRequest(u, uri, HealthCheckHeader)
 	hs := &handshake{key: key, up: u}
@@ -272,6 +278,31 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 			return fmt.Errorf("closed instead of answering the Ping")
 		}
 	}
+}
+
+// probeHealthOverHTTP is mode http's active check: an OPEN through the
+// connections' own client, marked with HealthCheckHeader, that the
+// backend must accept; a DISCONNECT then lets it forget the check.
+func (hd *Handler) probeHealthOverHTTP(ctx context.Context, u upstream, uri string, timeout time.Duration) error {
+	host := u.addr
+	if u.network == "unix" {
+		host = "localhost"
+	}
+	hs := &handshake{id: "health-check-" + newID(), uri: uri, host: host, hdr: http.Header{HealthCheckHeader: {"1"}}}
+	cfg := hd.sessionConfig(hs, u)
+	cfg.Timeout, cfg.OnError = timeout, nil
+	s, res, body, err := overhttp.Connect(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("OPEN: %v", err)
+	}
+	if s == nil {
+		if code, reason, ok := overhttp.RefusalReason(body); ok && res.StatusCode == http.StatusOK {
+			return fmt.Errorf("OPEN refused with CLOSE %d %s", code, reason)
+		}
+		return fmt.Errorf("OPEN refused: status %d", res.StatusCode)
+	}
+	s.Hangup(ctx)
+	return nil
 }
 
 // healthState is one upstream's health as the admin API and metrics show

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,6 +114,9 @@ func TestHTTPModeOpen(t *testing.T) {
 			return echoEvents(r, in, w)
 		}
 		switch r.URL.Path {
+		case "/wrong-protocol":
+			w.Set("Sec-WebSocket-Protocol", "not.offered")
+			return http.StatusOK, []overhttp.Event{{Type: overhttp.Open}}
 		case "/forbidden":
 			w.Set("Content-Type", "text/plain")
 			return http.StatusForbidden, []overhttp.Event{{Type: "no entry"}}
@@ -179,6 +183,24 @@ func TestHTTPModeOpen(t *testing.T) {
 		if res.Status != tc.status || !strings.Contains(string(body), tc.body) {
 			t.Errorf("%s: %s %q, want %s %q", tc.path, res.Status, body, tc.status, tc.body)
 		}
+	}
+
+	// An OPEN the backend accepted but the gateway cannot use (a
+	// subprotocol the client did not offer): the client gets 502, the
+	// backend a DISCONNECT for that Connection-Id, so it forgets it.
+	before := len(b.requests())
+	_, res, err = websocket.DefaultDialer.Dial("ws://"+addr+"/wrong-protocol", http.Header{"Sec-Websocket-Protocol": {"chat.v1"}})
+	if err == nil || res == nil || res.StatusCode != http.StatusBadGateway {
+		t.Fatalf("/wrong-protocol: %v %v, want 502", res, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(b.requests()) < before+2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	reqs = b.requests()[before:]
+	if len(reqs) != 2 || reqs[1].events[0].Type != overhttp.Disconnect ||
+		reqs[1].header.Get("Connection-Id") != reqs[0].header.Get("Connection-Id") {
+		t.Fatalf("after the unusable OPEN answer, the backend got %+v", reqs)
 	}
 }
 
@@ -445,4 +467,86 @@ func TestHTTPModeChatInBrowser(t *testing.T) {
 		t.Fatalf("alice after 6s: %v (status %q)", err, text(t, alice, "#status"))
 	}
 	t.Logf("mode http: alice %q, bob %q", text(t, alice, "#status"), text(t, bob, "#status"))
+}
+
+// TestHTTPModeActiveHealthChecks: with mode http the active check is an
+// OPEN (marked X-Websocket-Health-Check: 1, on health_uri) that must be
+// accepted, then a DISCONNECT; a backend that refuses it is skipped until
+// it accepts again.
+func TestHTTPModeActiveHealthChecks(t *testing.T) {
+	var sick atomic.Bool
+	named := func(name string, sickness *atomic.Bool) *eventsBackend {
+		return newEventsBackend(t, func(r *http.Request, in []overhttp.Event, w http.Header) (int, []overhttp.Event) {
+			if in[0].Type != overhttp.Open {
+				return http.StatusOK, nil
+			}
+			if sickness != nil && sickness.Load() {
+				return http.StatusServiceUnavailable, nil
+			}
+			return http.StatusOK, []overhttp.Event{{Type: overhttp.Open}, {Type: overhttp.Text, Content: []byte(name)}}
+		})
+	}
+	b0, b1 := named("b0", &sick), named("b1", nil)
+	addr := httpModeCaddy(t, hostOf(b0.Server)+" "+hostOf(b1.Server), `lb_policy first
+			health_uri /health
+			health_interval 200ms
+			health_timeout 1s`)
+	who := func() string {
+		c, res, err := websocket.DefaultDialer.Dial("ws://"+addr+"/", nil)
+		if err != nil {
+			if res != nil {
+				return res.Status
+			}
+			return err.Error()
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, m, err := c.ReadMessage()
+		if err != nil {
+			return err.Error()
+		}
+		return string(m)
+	}
+	eventually := func(want string) {
+		t.Helper()
+		var got string
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			if got = who(); got == want {
+				return
+			}
+		}
+		t.Fatalf("answered by %q, want %q", got, want)
+	}
+	eventually("b0")
+	sick.Store(true)
+	eventually("b1")
+	if e := wstest.LogEntries(t, "websocket upstream unhealthy"); len(e) == 0 || e[0]["error"] != "OPEN refused: status 503" {
+		t.Fatalf("unhealthy log lines: %v", e)
+	}
+	sick.Store(false)
+	eventually("b0")
+
+	// The checks themselves: an OPEN on /health, marked, then a
+	// DISCONNECT of the same Connection-Id.
+	var checks int
+	reqs := b1.requests()
+	for i, r := range reqs {
+		if r.header.Get("X-Websocket-Health-Check") != "1" || r.events[0].Type != overhttp.Open {
+			continue
+		}
+		checks++
+		id := r.header.Get("Connection-Id")
+		var hungUp bool
+		for _, later := range reqs[i+1:] {
+			if later.header.Get("Connection-Id") == id && later.events[0].Type == overhttp.Disconnect {
+				hungUp = true
+			}
+		}
+		if !hungUp && i < len(reqs)-2 {
+			t.Fatalf("health check %s was not followed by a DISCONNECT", id)
+		}
+	}
+	if checks < 3 {
+		t.Fatalf("%d health checks of b1 seen", checks)
+	}
 }

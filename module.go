@@ -406,8 +406,6 @@ func (h *Handler) Validate() error {
 		switch {
 		case h.Backend != nil:
 			return fmt.Errorf("websocket: mode http has no backend block: an HTTP backend holds no connection to keep alive, probe or reconnect")
-		case h.HealthChecks != nil && h.HealthChecks.Active != nil:
-			return fmt.Errorf("websocket: active health checks open WebSockets; with mode http use the passive ones")
 		case h.RequestTimeout < 0 || h.MaxPending < 0:
 			return fmt.Errorf("websocket: request_timeout and max_pending must be positive")
 		}

@@ -2,6 +2,7 @@ package websocket
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -67,10 +68,16 @@ type handshake struct {
 	channels []string
 }
 
-// closeBackend closes the backend connection, if the mode has one.
+// closeBackend ends the backend side of a handshake that will not relay:
+// it closes the backend connection, or tells a mode http backend that
+// accepted OPEN that the connection is gone (DISCONNECT, in the
+// background: the client's answer does not wait for it).
 func (hs *handshake) closeBackend() {
 	if hs.backend != nil {
 		hs.backend.Close()
+	}
+	if s := hs.session; s != nil {
+		go s.Hangup(context.Background())
 	}
 }
 

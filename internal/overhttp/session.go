@@ -183,6 +183,24 @@ func PrivateHeaders(h http.Header) {
 	}
 }
 
+// Hangup tells the backend, with a DISCONNECT, that a session it accepted
+// will not start: the client went, or the gateway refused it after OPEN
+// (or OPEN was a health check). Call it instead of Start, not after.
+func (s *Session) Hangup(ctx context.Context) error {
+	s.mu.Lock()
+	if s.done || s.started {
+		s.mu.Unlock()
+		return nil
+	}
+	s.done = true
+	s.mu.Unlock()
+	res, _, err := s.post(ctx, Append(nil, Event{Type: Disconnect}), s.meta.Clone(), 0)
+	if err == nil && res.StatusCode != http.StatusOK {
+		err = fmt.Errorf("backend answered %s", res.Status)
+	}
+	return err
+}
+
 // Grip reports whether the backend turned GRIP on, and its settings.
 func (s *Session) Grip() (Grip, bool) {
 	if s.grip == nil {
