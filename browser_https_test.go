@@ -2,6 +2,9 @@ package websocket_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -63,8 +66,18 @@ func TestBrowserHTTPS(t *testing.T) {
 	}
 }
 
+// TestHTTP3Browser: the same over HTTP/3, as Chromium opens WebSockets
+// there with its EnableWebsocketsOverHttp3 feature (RFC 9220: a stream of
+// the page's QUIC connection, answered 200). Without -race only, as
+// TestHTTP3 (scripts/test.sh runs the TestHTTP3 tests again without it).
+func TestHTTP3Browser(t *testing.T) {
+	if raceEnabled {
+		t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
+	}
+	testBrowserHTTPS(t, "h3")
+}
+
 func testBrowserHTTPS(t *testing.T, proto string) {
-	browser := chromium(t, chromedp.Flag("ignore-certificate-errors", true))
 	const idle = 2 * time.Second
 	chat := httptest.NewServer(legacychat.New(idle))
 	defer chat.Close()
@@ -91,9 +104,32 @@ func testBrowserHTTPS(t *testing.T, proto string) {
 	addrs := wstest.StartCaddyGlobalPorts(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics",
 		site("PORT1", "tunnel")+site("PORT2", "terminate"), 2)
 	addrTunnel, addrTerminate := addrs[0], addrs[1]
+	flags := []chromedp.ExecAllocatorOption{chromedp.Flag("ignore-certificate-errors", true)}
+	if proto == "h3" {
+		// QUIC ignores ignore-certificate-errors: the leaf's key is
+		// trusted by its hash instead. localhost is mapped to the address
+		// Caddy's UDP socket has (Chromium would try ::1 first).
+		leaf, err := x509.ParseCertificate(ca.Server.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		spki := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+		var origins []string
+		for _, a := range addrs {
+			origins = append(origins, "localhost:"+a[strings.LastIndex(a, ":")+1:])
+		}
+		flags = append(flags,
+			chromedp.Flag("disable-quic", false),
+			chromedp.Flag("enable-quic", true),
+			chromedp.Flag("origin-to-force-quic-on", strings.Join(origins, ",")),
+			chromedp.Flag("ignore-certificate-errors-spki-list", base64.StdEncoding.EncodeToString(spki[:])),
+			chromedp.Flag("host-resolver-rules", "MAP localhost 127.0.0.1"),
+			chromedp.Flag("enable-features", "EnableWebsocketsOverHttp3"))
+	}
+	browser := chromium(t, flags...)
 
 	want := int64(101)
-	if proto == "h2" {
+	if proto != "h1" {
 		want = 200
 	}
 	for _, site := range []struct{ mode, addr string }{{"tunnel", addrTunnel}, {"terminate", addrTerminate}} {
