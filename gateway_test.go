@@ -574,16 +574,7 @@ func TestReloadKeepsConnections(t *testing.T) {
 	}`, hostOf(echo))
 	addr := wstest.StartCaddy(t, fmt.Sprintf(sites, "20s"))
 	c := dialWS(t, "ws://"+addr+"/")
-	roundTrip := func(msg string) {
-		t.Helper()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		if _, m, err := c.ReadMessage(); err != nil || string(m) != msg {
-			t.Fatalf("%q: %q %v", msg, m, err)
-		}
-	}
+	roundTrip := func(msg string) { t.Helper(); roundTripWS(t, c, msg) }
 	roundTrip("before")
 	port := strings.TrimPrefix(addr, "127.0.0.1:")
 	for i := 0; i < 3; i++ {

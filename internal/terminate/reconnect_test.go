@@ -10,32 +10,13 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
 
 // The reconnect state machine, driven over real loopback sockets: the
 // test plays the client (masked frames) and each backend (unmasked), the
 // Conn is the gateway between them.
-
-// tcpPair returns the two ends of one loopback TCP connection.
-func tcpPair(t *testing.T) (gateway net.Conn, peer net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	gateway, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gateway.Close(); peer.Close() })
-	return gateway, peer
-}
 
 func peerOf(c net.Conn, masked bool) *wstest.Peer {
 	return &wstest.Peer{Conn: c, R: bufio.NewReader(c), Masked: masked}
@@ -64,7 +45,7 @@ func (r *redialer) redial(ctx context.Context) (net.Conn, []byte, error) {
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
 	}
-	g, p := tcpPair(r.t)
+	g, p := tcptest.Pair(r.t)
 	r.backend <- peerOf(p, false)
 	return g, nil, nil
 }
@@ -78,8 +59,8 @@ type setup struct {
 }
 
 func start(t *testing.T, cfg Config) *setup {
-	cg, cp := tcpPair(t)
-	bg, bp := tcpPair(t)
+	cg, cp := tcptest.Pair(t)
+	bg, bp := tcptest.Pair(t)
 	s := &setup{client: peerOf(cp, true), backend: peerOf(bp, false),
 		closed: make(chan relay.Summary, 1), tries: make(chan error, 16)}
 	cfg.OnClose = func(sum relay.Summary) { s.closed <- sum }
