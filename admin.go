@@ -213,7 +213,7 @@ type legView struct {
 func (c *connection) view(now time.Time) connView {
 	st := c.relay.Stats()
 	v := connView{
-		ID: c.id, Mode: c.mode, Proto: c.proto, Route: c.path, Client: c.remote, Upstream: c.upstream,
+		ID: c.id, Mode: c.mode, Proto: c.proto, Route: c.path, Client: c.remote, Upstream: c.upstream(),
 		Started: c.start.UTC().Format(time.RFC3339), AgeSeconds: now.Sub(c.start).Seconds(),
 		Subprotocol: c.subprotocol, Compression: c.compression, Reconnects: st.Reconnects,
 	}
@@ -256,7 +256,7 @@ func learnedView() any {
 	eachHub(func(h *hub) {
 		open := map[string]int{}
 		for _, c := range h.snapshot() {
-			open[c.upstream]++
+			open[c.upstream()]++
 		}
 		for up, l := range h.upstreamLearners() {
 			t, n := l.Learned()

@@ -3,6 +3,7 @@ package websocket
 import (
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,21 +31,59 @@ type connection struct {
 	compression string
 	relay       relayConn
 	owner       *Handler // the config whose policies it runs under
-	upstream    string
 	path        string
 	remote      string
 	clientIP    netip.Addr
 	reservedIP  netip.Addr // the address counted against the connection limits
 	start       time.Time
 	lifetime    *time.Timer
-	release     func() // the upstream's least_conn count, given back at the end
 	push        pushQueue
 	channels    []string // subscribed to; guarded by the hub's lock
+
+	// A reconnect (terminate mode) may move the connection to another
+	// upstream: mu guards which one, and its least_conn count.
+	mu      sync.Mutex
+	up      string
+	release func() // gives the upstream's least_conn count back
+	ended   bool
+}
+
+// upstream is the upstream the connection relays to now.
+func (c *connection) upstream() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.up
+}
+
+// moveTo records that a reconnect went to upstream raw, counted for
+// least_conn until release; the previous upstream's count is given back.
+func (c *connection) moveTo(raw string, release func()) {
+	c.mu.Lock()
+	old := c.release
+	c.up, c.release = raw, release
+	if c.ended {
+		old, c.release = release, nil // closed meanwhile: nothing to count
+	}
+	c.mu.Unlock()
+	if old != nil {
+		old()
+	}
+}
+
+// end gives the upstream's count back, once.
+func (c *connection) end() {
+	c.mu.Lock()
+	r := c.release
+	c.release, c.ended = nil, true
+	c.mu.Unlock()
+	if r != nil {
+		r()
+	}
 }
 
 func (h *Handler) newConnection(r *http.Request, id string, up upstream) *connection {
 	ip, _ := clientIP(r.RemoteAddr)
-	return &connection{id: id, mode: h.mode().name(), proto: protoName(r), owner: h, upstream: up.raw, path: r.URL.Path,
+	return &connection{id: id, mode: h.mode().name(), proto: protoName(r), owner: h, up: up.raw, path: r.URL.Path,
 		remote: r.RemoteAddr, clientIP: ip, reservedIP: requestIP(r), start: time.Now()}
 }
 
@@ -78,7 +117,7 @@ func (h *Handler) opened(c *connection) {
 		zap.String("proto", c.proto),
 		zap.String("remote", c.remote),
 		zap.String("path", c.path),
-		zap.String("upstream", c.upstream),
+		zap.String("upstream", c.upstream()),
 		zap.String("subprotocol", c.subprotocol),
 		zap.String("extensions", c.compression))
 }
@@ -86,9 +125,7 @@ func (h *Handler) opened(c *connection) {
 // closed unregisters a finished connection and logs it, once.
 func (h *Handler) closed(c *connection, s relay.Summary) {
 	h.hub.remove(c.id)
-	if c.release != nil {
-		c.release()
-	}
+	c.end()
 	countClose(s.Closer, s.Code)
 	addClosed(s)
 	cl, b := s.Legs.Client, s.Legs.Backend

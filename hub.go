@@ -261,7 +261,7 @@ func (h *hub) retire(hd *Handler) {
 // (a connection can't change mode: the handshake is done).
 func (h *hub) orphanReasonLocked(c *connection) string {
 	for i := len(h.handlers) - 1; i >= 0; i-- {
-		if s := h.handlers[i]; s.hasUpstream(c.upstream) {
+		if s := h.handlers[i]; s.hasUpstream(c.upstream()) {
 			return "upstream now served in " + s.mode().name() + " mode; reconnect"
 		}
 	}
@@ -273,7 +273,7 @@ func (h *hub) orphanReasonLocked(c *connection) string {
 func (h *hub) successorLocked(c *connection) *Handler {
 	for i := len(h.handlers) - 1; i >= 0; i-- {
 		s := h.handlers[i]
-		if s.mode().name() == c.mode && s.hasUpstream(c.upstream) {
+		if s.mode().name() == c.mode && s.hasUpstream(c.upstream()) {
 			return s
 		}
 	}
@@ -298,7 +298,7 @@ func (h *hub) refreshPolicies(match func(*connection) bool) {
 
 // policies are the connection's policies under its owner.
 func (c *connection) policies() (client, backend timeout.Policy) {
-	p := c.owner.hub.ownerOf(c).policyFor(upstream{raw: c.upstream}, c.remote)
+	p := c.owner.hub.ownerOf(c).policyFor(upstream{raw: c.upstream()}, c.remote)
 	return p.Client, p.Backend
 }
 

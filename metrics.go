@@ -160,7 +160,7 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 	learned := map[string]float64{}
 	eachHub(func(h *hub) {
 		for _, c := range h.snapshot() {
-			open[key{c.mode, c.upstream, c.proto}]++
+			open[key{c.mode, c.upstream(), c.proto}]++
 			st := c.relay.Stats()
 			for i, l := range []relay.LegStats{st.Legs.Client, st.Legs.Backend} {
 				bytes[i] += l.Bytes

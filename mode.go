@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -220,16 +221,28 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 		c.compression = "permessage-deflate"
 	}
 	if cfg.Reconnect {
-		cfg.Redial = h.redialer(hs, c.subprotocol)
+		redial, moved := h.redialer(c, hs, c.subprotocol)
+		cfg.Redial = redial
+		log := cfg.OnReconnect
+		cfg.OnReconnect = func(attempt int, err error) {
+			if err == nil {
+				moved()
+			}
+			log(attempt, err)
+		}
 	}
 	return terminate.New(client, hs.backend, cfg)
 }
 
-// redialer returns the Redial of a terminated connection. The request is
-// kept as bytes, not as a header map: it is held for the connection's
-// life. A re-dial offers the backend only the subprotocol the client has,
-// and a key of its own.
-func (h *Handler) redialer(hs *handshake, chosen string) func(context.Context) (net.Conn, []byte, error) {
+// redialer returns the Redial of a terminated connection, and moved, to
+// call once a re-dialled backend took over: the connection then counts
+// against that upstream (admin list, metrics, least_conn, learning) and
+// its next reconnect tries it first. Each re-dial runs under the
+// connection's owner of the moment: after a reload, the new config's
+// upstreams, health and TLS settings. The request is kept as bytes, not as
+// a header map: it is held for the connection's life. A re-dial offers
+// the backend only the subprotocol the client has, and a key of its own.
+func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial func(context.Context) (net.Conn, []byte, error), moved func()) {
 	hdr := hs.hdr
 	if chosen != "" {
 		hdr.Set("Sec-WebSocket-Protocol", chosen)
@@ -239,19 +252,22 @@ func (h *Handler) redialer(hs *handshake, chosen string) func(context.Context) (
 	hdr.Del("Sec-WebSocket-Key")
 	req := writeRequest(hs.uri, hs.host, hdr)
 	head := slices.Clip(req[:len(req)-2]) // up to the blank line
-	prev := hs.up
-	return func(ctx context.Context) (net.Conn, []byte, error) {
+	// Both closures run on the connection's one re-dial goroutine, in
+	// turn: cur and next need no lock.
+	cur, next := hs.up, hs.up
+	redial = func(ctx context.Context) (net.Conn, []byte, error) {
+		o := h.hub.ownerOf(c)
 		var errs []string
-		for _, u := range h.redialOrder(prev) {
-			conn, err := h.dialOne(ctx, u)
+		for _, u := range o.redialOrder(cur) {
+			conn, err := o.dialOne(ctx, u)
 			if err != nil {
-				h.hub.failed(h, u, "dial: "+dialReason(err))
+				o.hub.failed(o, u, "dial: "+dialReason(err))
 				errs = append(errs, u.raw+": "+dialReason(err))
 				continue
 			}
 			key := newKey()
 			re := &handshake{key: key, up: u}
-			if rf := h.handshakeWith(ctx, re, conn, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
+			if rf := o.handshakeWith(ctx, re, conn, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
 				errs = append(errs, u.raw+": "+rf.reason)
 				continue
 			}
@@ -260,10 +276,21 @@ func (h *Handler) redialer(hs *handshake, chosen string) func(context.Context) (
 				errs = append(errs, fmt.Sprintf("%s: backend answered %s", u.raw, re.res.Status))
 				continue
 			}
+			next = u
 			return re.backend, buffered(re.br), nil
 		}
 		return nil, nil, fmt.Errorf("no backend reachable (%s)", strings.Join(errs, "; "))
 	}
+	moved = func() {
+		if next.raw == cur.raw {
+			return
+		}
+		cur = next
+		load := h.hub.load(cur.raw)
+		load.Add(1)
+		c.moveTo(cur.raw, sync.OnceFunc(func() { load.Add(-1) }))
+	}
+	return redial, moved
 }
 
 // tokens splits all values of a comma-separated header.

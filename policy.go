@@ -85,18 +85,19 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 			return
 		}
 		b := h.Backend.bounds()
-		l := h.hub.learner(c.upstream)
+		up := c.upstream()
+		l := h.hub.learner(up)
 		if !l.Observe(silence, b.min) {
 			return
 		}
 		t, n := l.Learned()
 		h.logger.Info("websocket learned backend idle timeout",
-			zap.String("upstream", c.upstream),
+			zap.String("upstream", up),
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
-		h.hub.publish("upstream", c.upstream, t, n)
-		h.hub.refreshPolicies(func(o *connection) bool { return o.upstream == c.upstream })
+		h.hub.publish("upstream", up, t, n)
+		h.hub.refreshPolicies(func(o *connection) bool { return o.upstream() == up })
 	case relay.Client:
 		if !h.Client.auto() || !c.clientIP.IsValid() {
 			return

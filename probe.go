@@ -71,7 +71,7 @@ func (hd *Handler) probe(u upstream) {
 		delete(hd.hub.probes.running, u.raw)
 		hd.hub.probes.done[u.raw] = true
 		hd.hub.probes.mu.Unlock()
-		hd.hub.refreshPolicies(func(o *connection) bool { return o.upstream == u.raw })
+		hd.hub.refreshPolicies(func(o *connection) bool { return o.upstream() == u.raw })
 	}()
 	log := hd.logger.With(zap.String("upstream", u.raw))
 	ctx := context.Background()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/gorilla/websocket"
 
 	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
@@ -272,6 +273,65 @@ func TestTerminateReconnect(t *testing.T) {
 	}
 	c.WriteMessage(websocket.TextMessage, []byte("alice:after"))
 	expect("alice:after")
+}
+
+// TestReconnectFollowsConfig: a reconnect runs under the connection's
+// config of the moment. The connection starts on a, a reload adds b, a
+// dies: the re-dial tries a, then b (the new config's list), and the
+// connection counts against b from then on (admin list, least_conn: the
+// next connection goes to a, back up, not to b).
+func TestReconnectFollowsConfig(t *testing.T) {
+	a, b := startChat(t, ""), startChat(t, "")
+	admin := fmt.Sprintf("127.0.0.1:%d", wstest.FreePort(t))
+	port := wstest.FreePort(t)
+	config := func(upstreams string) string {
+		return fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	auto_https off
+	default_bind 127.0.0.1
+}
+http://127.0.0.1:%d {
+	websocket %s {
+		mode terminate
+		lb_policy least_conn
+		backend {
+			on_close reconnect
+			reconnect_window 5s
+		}
+	}
+}
+`, admin, port, upstreams)
+	}
+	wstest.LoadCaddyfile(t, config(a.addr))
+	t.Cleanup(func() { caddy.Stop() })
+	c := dialWS(t, fmt.Sprintf("ws://127.0.0.1:%d/ws", port))
+	roundTripWS(t, c, "alice:on a")
+	wstest.LoadCaddyfile(t, config(a.addr+" "+b.addr))
+	roundTripWS(t, c, "alice:after the reload")
+
+	a.kill()
+	time.Sleep(300 * time.Millisecond) // the gateway sees a go and re-dials
+	roundTripWS(t, c, "alice:after a died")
+	upstreams := func() map[string]int {
+		var list struct{ Connections []struct{ Upstream string } }
+		adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
+		out := map[string]int{}
+		for _, v := range list.Connections {
+			out[v.Upstream]++
+		}
+		return out
+	}
+	if got := upstreams(); got[b.addr] != 1 || len(got) != 1 {
+		t.Fatalf("after the reconnect the admin list has %v, want the connection on b %s", got, b.addr)
+	}
+
+	startChat(t, a.addr)
+	c2 := dialWS(t, fmt.Sprintf("ws://127.0.0.1:%d/ws", port))
+	roundTripWS(t, c2, "bob:hi")
+	if got := upstreams(); got[a.addr] != 1 || got[b.addr] != 1 {
+		t.Fatalf("least_conn sent the new connection to the busier upstream: %v", got)
+	}
 }
 
 // TestTerminateReconnectGivesUp: when the backend does not come back within
