@@ -225,8 +225,9 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 		cfg.Redial = redial
 		log := cfg.OnReconnect
 		cfg.OnReconnect = func(attempt int, err error) {
-			if err == nil {
-				moved()
+			if err == nil && moved() {
+				// The new upstream's policy: what was learned of it.
+				c.relay.SetPolicy(c.policies())
 			}
 			log(attempt, err)
 		}
@@ -237,12 +238,13 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 // redialer returns the Redial of a terminated connection, and moved, to
 // call once a re-dialled backend took over: the connection then counts
 // against that upstream (admin list, metrics, least_conn, learning) and
-// its next reconnect tries it first. Each re-dial runs under the
+// its next reconnect tries it first; moved reports whether the upstream
+// changed (its policy may differ). Each re-dial runs under the
 // connection's owner of the moment: after a reload, the new config's
 // upstreams, health and TLS settings. The request is kept as bytes, not as
 // a header map: it is held for the connection's life. A re-dial offers
 // the backend only the subprotocol the client has, and a key of its own.
-func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial func(context.Context) (net.Conn, []byte, error), moved func()) {
+func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial func(context.Context) (net.Conn, []byte, error), moved func() bool) {
 	hdr := hs.hdr
 	if chosen != "" {
 		hdr.Set("Sec-WebSocket-Protocol", chosen)
@@ -281,14 +283,15 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 		}
 		return nil, nil, fmt.Errorf("no backend reachable (%s)", strings.Join(errs, "; "))
 	}
-	moved = func() {
+	moved = func() bool {
 		if next.raw == cur.raw {
-			return
+			return false
 		}
 		cur = next
 		load := h.hub.load(cur.raw)
 		load.Add(1)
 		c.moveTo(cur.raw, sync.OnceFunc(func() { load.Add(-1) }))
+		return true
 	}
 	return redial, moved
 }
