@@ -1,8 +1,10 @@
 package websocket_test
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +18,11 @@ import (
 // quiet holds no goroutine (its legs wait in the shared epoll set), and
 // wakes up for the next message, in both modes; also on a site as
 // production runs it, with an access log and metrics on, where Caddy
-// hands the hijacked connection wrapped.
+// hands the hijacked connection wrapped, and behind an L4 balancer that
+// speaks the PROXY protocol to Caddy's proxy_protocol listener wrapper
+// (docs/FLEET.md), which wraps every connection too.
 func TestQuietConnectionsPark(t *testing.T) {
-	for _, site := range []string{"plain", "log+metrics", "wss"} {
+	for _, site := range []string{"plain", "log+metrics", "wss", "proxy_protocol", "proxy_protocol+wss"} {
 		t.Run(site, func(t *testing.T) { testQuietConnectionsPark(t, site) })
 	}
 }
@@ -28,10 +32,11 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 	global, logDirective, scheme := "", "", "ws"
 	siteAddr, backend, backendOpts := "http://127.0.0.1:{PORT}", hostOf(echoBackend(t)), ""
 	dialer := websocket.DefaultDialer
+	proxyProtocol := strings.HasPrefix(site, "proxy_protocol")
 	switch site {
-	case "log+metrics":
+	case "log+metrics", "proxy_protocol":
 		global, logDirective = "\tmetrics", "log {\n\t\t\toutput discard\n\t\t}"
-	case "wss":
+	case "wss", "proxy_protocol+wss":
 		// Both legs on TLS: a wss client on an HTTPS site with an access
 		// log and metrics, and a wss backend.
 		ca := wstest.NewCA(t)
@@ -41,6 +46,29 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 		backend, backendOpts = "wss://"+tlsEcho(t, ca, false), "tls_trusted_ca_certs "+ca.CAFile
 		backend = strings.Replace(backend, "127.0.0.1", "localhost", 1)
 		dialer = &websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, HandshakeTimeout: 5 * time.Second}
+	}
+	if proxyProtocol {
+		wrappers := "proxy_protocol {\n\t\t\t\tallow 127.0.0.0/8\n\t\t\t}"
+		if site == "proxy_protocol+wss" {
+			wrappers += "\n\t\t\ttls"
+		}
+		global += "\n\tservers {\n\t\tlistener_wrappers {\n\t\t\t" + wrappers + "\n\t\t}\n\t}"
+		// Each connection starts with the header an L4 balancer
+		// (HAProxy's send-proxy) puts in front of the client's bytes.
+		d := *dialer
+		d.NetDialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, a)
+			if err != nil {
+				return nil, err
+			}
+			_, port, _ := net.SplitHostPort(a)
+			if _, err := fmt.Fprintf(c, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 %s\r\n", port); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
+		}
+		dialer = &d
 	}
 	addr, _ := wstest.StartCaddyGlobal(t, global, fmt.Sprintf(`%s {
 		%s
@@ -52,7 +80,7 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 			%s
 		}
 	}`, siteAddr, logDirective, backend, backendOpts, backend, backendOpts), false)
-	if site == "wss" {
+	if strings.HasSuffix(site, "wss") {
 		addr = strings.Replace(addr, "127.0.0.1", "localhost", 1)
 	}
 	for _, mode := range []string{"tunnel", "terminate"} {
@@ -72,7 +100,7 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 			}
 			for i := range conns {
 				c, _, err := dialer.Dial(scheme+"://"+addr+"/"+mode, nil)
-				for try := 0; err != nil && site == "wss" && try < 50; try++ {
+				for try := 0; err != nil && strings.HasSuffix(site, "wss") && try < 50; try++ {
 					time.Sleep(100 * time.Millisecond) // the site's certificate is being issued
 					c, _, err = dialer.Dial(scheme+"://"+addr+"/"+mode, nil)
 				}
@@ -101,6 +129,15 @@ func testQuietConnectionsPark(t *testing.T, site string) {
 				c.Close()
 			}
 		})
+	}
+	if proxyProtocol {
+		// Looking through the PROXY protocol wrapper keeps the client's
+		// address, which the request had.
+		for _, e := range wstest.LogEntries(t, "websocket connected") {
+			if e["remote"] != "192.0.2.7:40000" {
+				t.Fatalf("connection logged from %v, want the PROXY header's 192.0.2.7:40000", e["remote"])
+			}
+		}
 	}
 }
 

@@ -25,6 +25,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/socket"
 )
 
 // BufSize is the size of a pooled read buffer. Buffers are borrowed per
@@ -65,7 +67,7 @@ type Reader struct {
 func (r *Reader) Init(conn net.Conn) {
 	r.conn = conn
 	if tc, ok := conn.(*tls.Conn); ok {
-		if tcp, ok := tc.NetConn().(*net.TCPConn); ok {
+		if tcp, ok := socket.TCP(tc.NetConn()); ok {
 			if raw, err := tcp.SyscallConn(); err == nil {
 				r.tls, r.raw = tc, raw
 				return

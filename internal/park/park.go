@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/socket"
 )
 
 const (
@@ -55,7 +57,7 @@ func (w *Waiter) Init(conn net.Conn, run func()) bool {
 		// crypto/tls for what it holds before it parks (lazyread).
 		conn = tc.NetConn()
 	}
-	tc, ok := conn.(*net.TCPConn)
+	tc, ok := socket.TCP(conn)
 	if !ok || !supported {
 		return false
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
 	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
 	"github.com/caddy-websocket/caddy-websocket/internal/park"
+	"github.com/caddy-websocket/caddy-websocket/internal/socket"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
@@ -193,7 +194,7 @@ func halfClose(conn net.Conn) bool {
 		return false
 	}
 	if tc, ok := conn.(*tls.Conn); ok {
-		if tcp, ok := tc.NetConn().(interface{ CloseWrite() error }); ok {
+		if tcp, ok := socket.TCP(tc.NetConn()); ok {
 			tcp.CloseWrite()
 		}
 	}
