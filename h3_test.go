@@ -252,3 +252,66 @@ func TestHTTP3ModeHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP3SlowClient: a client that stops reading its stream holds the
+// gateway's writes up in QUIC flow control; after write_timeout the leg is
+// closed (the stream is reset) and the backend is told 1001, in both
+// modes, as for a socket (TestSlowClient).
+func TestHTTP3SlowClient(t *testing.T) {
+	if raceEnabled {
+		t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
+	}
+	closed := make(chan frame.StatusCode, 4)
+	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+		big := wstest.EncodeFrame(false, true, 0, frame.OpBinary, make([]byte, 256<<10))
+		go func() {
+			for {
+				f, err := p.ReadFrame(20 * time.Second)
+				if err != nil {
+					return
+				}
+				if f.Op == frame.OpClose {
+					code, _, _ := frame.ParseClose(f.Payload)
+					closed <- code
+					return
+				}
+			}
+		}()
+		p.SetWriteDeadline(time.Now().Add(15 * time.Second))
+		for range 200 { // 50 MB: more than QUIC's flow-control windows
+			if _, err := p.Write(big); err != nil {
+				break
+			}
+		}
+		time.Sleep(2 * time.Second)
+	})
+	addr := httpsSite(t, fmt.Sprintf(`websocket /tunnel %[1]s {
+			client {
+				write_timeout 1s
+			}
+		}
+		websocket /terminate %[1]s {
+			mode terminate
+			client {
+				write_timeout 1s
+			}
+		}`, backend.Addr))
+	for _, mode := range []string{"tunnel", "terminate"} {
+		t.Run(mode, func(t *testing.T) {
+			p, res, _ := dialH3(t, addr, "/"+mode, nil)
+			if p == nil {
+				t.Fatalf("extended CONNECT answered %d", res.StatusCode)
+			}
+			start := time.Now()
+			select {
+			case code := <-closed:
+				if code != frame.CloseGoingAway {
+					t.Fatalf("backend got Close %d, want 1001", code)
+				}
+				t.Logf("%s: the backend was told after %v that the HTTP/3 client stopped reading", mode, time.Since(start).Round(10*time.Millisecond))
+			case <-time.After(15 * time.Second):
+				t.Fatal("the backend was not told that the client stopped reading")
+			}
+		})
+	}
+}

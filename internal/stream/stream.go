@@ -1,89 +1,191 @@
 // Package stream makes a WebSocket carried on an HTTP/2 or HTTP/3 stream
 // (RFC 8441, RFC 9220) look like a socket to the relay core: a net.Conn
-// with deadlines that can be moved and fired again, as the leg loop uses
-// them for its policy. HTTP/2's own stream deadlines cannot serve: one that
-// fires closes the stream's body for good, and an idle write deadline
-// resets the stream.
+// whose deadlines can be moved and fired again, as the leg loop uses them
+// for its policy. HTTP/2's own stream deadlines cannot serve as they are:
+// a read deadline that fires closes the stream's body for good, and a
+// write deadline left set while the stream is idle resets it.
 //
-// The request body (the client's bytes) and the response writer (towards
-// the client) are joined to one end of a net.Pipe by two goroutines; the
-// relay reads and writes the other end. A stream thus costs, besides the
-// handler goroutine that must stay in ServeHTTP for the stream to live, two
-// goroutines and a read buffer while it is quiet: it cannot park, because
-// the bytes arrive through the HTTP server's connection, not on a socket of
-// their own.
+// Reads: the request body (the client's bytes) is copied into one end of
+// a net.Pipe by a goroutine, and the relay reads the other end, with
+// deadlines of its own. The copy waits with a small buffer and takes a
+// pooled full-size one only while data keeps coming.
+//
+// Writes go straight to the response writer, flushed after each one, from
+// the relay's goroutine; the relay's write deadline is handed to the
+// stream only for the time of a write, so a write that the client's flow
+// control holds up past it fails (the stream is reset), and an idle stream
+// keeps no deadline.
+//
+// A stream thus costs, besides the handler goroutine that must stay in
+// ServeHTTP for the stream to live, one goroutine and a small buffer while
+// it is quiet: it cannot park, because its bytes arrive through the HTTP
+// server's connection, not on a socket of their own.
 package stream
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 )
 
-// bufSize is the read buffer of a stream: a DATA frame's worth.
-const bufSize = 16 << 10
+const (
+	// bufSize is the copy's buffer while data keeps coming: a DATA
+	// frame's worth.
+	bufSize = 16 << 10
+	// idleBufSize is the buffer the copy waits with.
+	idleBufSize = 512
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // Conn is the relay's end of a stream.
 type Conn struct {
-	net.Conn
+	net.Conn      // the read side: the relay's end of the pipe
 	local, remote net.Addr
-	done          chan struct{}
-	once          sync.Once
+	w             io.Writer
+	flush         func() error
+	setWD         func(time.Time) error
+
+	wmu sync.Mutex // one write at a time; Close waits for the one in flight
+
+	dmu       sync.Mutex
+	wdeadline time.Time
+	writing   bool // a write is in flight: a new deadline goes to the stream now
+	closed    bool
+
+	done chan struct{}
+	once sync.Once
 }
 
 // New joins the stream of body (what the client sends) and w (what it
-// receives, flushed after every write) to the returned Conn. Done is closed
-// once the relay has closed the Conn and everything it wrote was flushed:
-// then the handler may return, which ends the stream.
-func New(body io.Reader, w io.Writer, flush func() error, local, remote net.Addr) *Conn {
+// receives, flushed after every write; setWriteDeadline is the stream's)
+// to the returned Conn. Done is closed once the relay has closed the Conn
+// and no write of its is in flight: then the handler may return, which
+// ends the stream.
+func New(body io.Reader, w io.Writer, flush func() error, setWriteDeadline func(time.Time) error, local, remote net.Addr) *Conn {
 	ours, theirs := net.Pipe()
-	c := &Conn{Conn: ours, local: local, remote: remote, done: make(chan struct{})}
-	go func() {
-		// Client → relay. A reset stream or a client gone ends the body
-		// with an error; the relay then sees its connection closed.
-		buf := make([]byte, bufSize)
-		for {
-			n, err := body.Read(buf)
-			if n > 0 {
-				if _, werr := theirs.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
-				theirs.Close()
-				return
-			}
-		}
-	}()
-	go func() {
-		// Relay → client, in order; a write that blocks (flow control)
-		// blocks the relay's pipe write, whose deadline is the leg's write
-		// timeout.
-		defer c.finish()
-		buf := make([]byte, bufSize)
-		for {
-			n, err := theirs.Read(buf)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					theirs.Close()
-					return
-				}
-				if ferr := flush(); ferr != nil {
-					theirs.Close()
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
+	c := &Conn{Conn: ours, local: local, remote: remote, w: w, flush: flush, setWD: setWriteDeadline, done: make(chan struct{})}
+	go copyBody(theirs, body)
 	return c
 }
 
-func (c *Conn) finish() { c.once.Do(func() { close(c.done) }) }
+// copyBody copies the client's bytes to the relay. A reset stream or a
+// client gone ends the body with an error; the relay then sees its
+// connection closed.
+func copyBody(dst net.Conn, body io.Reader) {
+	small := make([]byte, idleBufSize)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bufPool.Put(big)
+		}
+	}()
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+		switch {
+		case n == len(buf) && big == nil:
+			// More is coming: read it in DATA frame sized pieces.
+			big = bufPool.Get().(*[]byte)
+			buf = *big
+		case n < len(buf) && big != nil:
+			// Caught up: wait with the small buffer again.
+			bufPool.Put(big)
+			big, buf = nil, small
+		}
+	}
+}
+
+// Write writes p to the client and flushes it, under the write deadline.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.dmu.Lock()
+	if c.closed {
+		c.dmu.Unlock()
+		return 0, net.ErrClosed
+	}
+	dl := c.wdeadline
+	if !dl.IsZero() && !time.Now().Before(dl) {
+		c.dmu.Unlock()
+		return 0, os.ErrDeadlineExceeded
+	}
+	c.writing = true
+	c.dmu.Unlock()
+	if !dl.IsZero() {
+		c.setWD(dl)
+	}
+	n, err := c.w.Write(p)
+	if err == nil {
+		err = c.flush()
+	}
+	c.dmu.Lock()
+	c.writing = false
+	dl = c.wdeadline
+	c.dmu.Unlock()
+	if !dl.IsZero() {
+		c.setWD(time.Time{}) // an idle stream keeps no write deadline
+	}
+	if err != nil && !dl.IsZero() && !time.Now().Before(dl) {
+		// The stream's deadline fired (it reset the stream): to the relay
+		// that is a write timeout, as on a socket.
+		err = errors.Join(os.ErrDeadlineExceeded, err)
+	}
+	return n, err
+}
+
+// SetWriteDeadline sets the deadline of the writes to come, and of the
+// one in flight.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	c.wdeadline = t
+	writing := c.writing
+	c.dmu.Unlock()
+	if writing {
+		c.setWD(t)
+	}
+	return nil
+}
+
+// SetDeadline sets both deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.SetWriteDeadline(t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+// Close ends the relay's side: a write in flight is cut short (its
+// deadline moved to now) and waited for, then Done is closed.
+func (c *Conn) Close() error {
+	c.dmu.Lock()
+	if c.closed {
+		c.dmu.Unlock()
+		return nil
+	}
+	c.closed = true
+	writing := c.writing
+	c.dmu.Unlock()
+	if writing {
+		c.setWD(time.Now())
+	}
+	err := c.Conn.Close()
+	c.wmu.Lock() // the handler must not return while a write is in flight
+	c.wmu.Unlock()
+	c.once.Do(func() { close(c.done) })
+	return err
+}
 
 // Done is closed when the stream may end.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -119,7 +221,7 @@ func Serve(w http.ResponseWriter, r *http.Request) (*Conn, error) {
 	if remote == nil {
 		ra = pipeAddr(r.RemoteAddr)
 	}
-	return New(r.Body, w, rc.Flush, local, ra), nil
+	return New(r.Body, w, rc.Flush, rc.SetWriteDeadline, local, ra), nil
 }
 
 type pipeAddr string
