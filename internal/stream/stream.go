@@ -181,9 +181,11 @@ func (c *Conn) Close() error {
 		c.setWD(time.Now())
 	}
 	err := c.Conn.Close()
-	c.wmu.Lock() // the handler must not return while a write is in flight
-	c.wmu.Unlock()
+	// The handler must not return while a write is in flight: Done is
+	// closed once the write lock is free.
+	c.wmu.Lock()
 	c.once.Do(func() { close(c.done) })
+	c.wmu.Unlock()
 	return err
 }
 
