@@ -261,30 +261,7 @@ func TestHTTP3SlowClient(t *testing.T) {
 	if raceEnabled {
 		t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
 	}
-	closed := make(chan frame.StatusCode, 4)
-	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
-		big := wstest.EncodeFrame(false, true, 0, frame.OpBinary, make([]byte, 256<<10))
-		go func() {
-			for {
-				f, err := p.ReadFrame(20 * time.Second)
-				if err != nil {
-					return
-				}
-				if f.Op == frame.OpClose {
-					code, _, _ := frame.ParseClose(f.Payload)
-					closed <- code
-					return
-				}
-			}
-		}()
-		p.SetWriteDeadline(time.Now().Add(15 * time.Second))
-		for range 200 { // 50 MB: more than QUIC's flow-control windows
-			if _, err := p.Write(big); err != nil {
-				break
-			}
-		}
-		time.Sleep(2 * time.Second)
-	})
+	backend, closed := floodingBackend(t)
 	addr := httpsSite(t, fmt.Sprintf(`websocket /tunnel %[1]s {
 			client {
 				write_timeout 1s
