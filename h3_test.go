@@ -90,8 +90,14 @@ func dialH3(t *testing.T, addr, path string, hdr http.Header) (*wstest.Peer, *ht
 // handshake's event reads), which an internal CA's issuance makes likely.
 func httpsSite(t *testing.T, body string) string {
 	t.Helper()
+	return httpsSiteGlobal(t, "", body)
+}
+
+// httpsSiteGlobal is httpsSite with more global options.
+func httpsSiteGlobal(t *testing.T, global, body string) string {
+	t.Helper()
 	ca := wstest.NewCA(t)
-	addr, _ := wstest.StartCaddyGlobal(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics", `https://localhost:{PORT} {
+	addr, _ := wstest.StartCaddyGlobal(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics\n"+global, `https://localhost:{PORT} {
 		tls `+ca.CertFile+` `+ca.KeyFile+`
 		log {
 			output discard

@@ -168,11 +168,38 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, extended bool
 		client, fromClient, err = h.hijack(w)
 		return client, fromClient, func() {}, err
 	}
+	restore := overrideIdleTimeouts(r)
 	sc, err := stream.Serve(w, r)
 	if err != nil {
+		restore()
 		return nil, nil, nil, err
 	}
-	return sc, nil, func() { <-sc.Done() }, nil
+	return sc, nil, func() { <-sc.Done(); restore() }, nil
+}
+
+// overrideIdleTimeouts lifts Caddy's read and write idle timeouts (a
+// minute by default, `servers { timeouts { read_body_idle … } }`) off a
+// WebSocket stream for its life: the gateway's own policies govern its
+// silence, as on a hijacked connection, where those timeouts never apply.
+// Without this, an HTTP/2 or HTTP/3 WebSocket whose client stays silent
+// for a minute (keepalive off or longer) would be cut by the server's
+// request timeout: the inherited HTTP idle timeout this module exists to
+// replace. Caddy's hard read_timeout and write_timeout still apply.
+func overrideIdleTimeouts(r *http.Request) (restore func()) {
+	const forever = 100 * 365 * 24 * time.Hour
+	reader, writer := caddyhttp.IdleTimeoutsFromContext(r.Context())
+	var undo []func()
+	if reader != nil {
+		undo = append(undo, reader.Override(forever, 0))
+	}
+	if writer != nil {
+		undo = append(undo, writer.Override(forever, 0, 0))
+	}
+	return func() {
+		for _, u := range undo {
+			u()
+		}
+	}
 }
 
 // validate applies the checks that need no backend: the handshake (RFC

@@ -14,7 +14,11 @@
 // the relay's goroutine; the relay's write deadline is handed to the
 // stream only for the time of a write, so a write that the client's flow
 // control holds up past it fails (the stream is reset), and an idle stream
-// keeps no deadline.
+// keeps no deadline. The response writer and its controller are used by
+// one goroutine at a time (the wrappers a server puts around the stream's
+// writer need not be safe for concurrent use); only to cut a blocked write
+// short does another goroutine move the deadline, on the innermost writer
+// (the HTTP/2 or HTTP/3 stream's own, which allows it).
 //
 // A stream thus costs, besides the handler goroutine that must stay in
 // ServeHTTP for the stream to live, one goroutine and a small buffer while
@@ -48,7 +52,8 @@ type Conn struct {
 	local, remote net.Addr
 	w             io.Writer
 	flush         func() error
-	setWD         func(time.Time) error
+	setWD         func(time.Time) error // under wmu, through the writer's wrappers
+	interrupt     func(time.Time) error // from any goroutine, on the stream itself
 
 	wmu sync.Mutex // one write at a time; Close waits for the one in flight
 
@@ -62,13 +67,15 @@ type Conn struct {
 }
 
 // New joins the stream of body (what the client sends) and w (what it
-// receives, flushed after every write; setWriteDeadline is the stream's)
-// to the returned Conn. Done is closed once the relay has closed the Conn
-// and no write of its is in flight: then the handler may return, which
-// ends the stream.
-func New(body io.Reader, w io.Writer, flush func() error, setWriteDeadline func(time.Time) error, local, remote net.Addr) *Conn {
+// receives, flushed after every write) to the returned Conn.
+// setWriteDeadline is called around writes, by the writing goroutine;
+// interrupt moves the write deadline of a write in flight from another
+// goroutine. Done is closed once the relay has closed the Conn and no
+// write of its is in flight: then the handler may return, which ends the
+// stream.
+func New(body io.Reader, w io.Writer, flush func() error, setWriteDeadline, interrupt func(time.Time) error, local, remote net.Addr) *Conn {
 	ours, theirs := net.Pipe()
-	c := &Conn{Conn: ours, local: local, remote: remote, w: w, flush: flush, setWD: setWriteDeadline, done: make(chan struct{})}
+	c := &Conn{Conn: ours, local: local, remote: remote, w: w, flush: flush, setWD: setWriteDeadline, interrupt: interrupt, done: make(chan struct{})}
 	go copyBody(theirs, body)
 	return c
 }
@@ -155,7 +162,7 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 	writing := c.writing
 	c.dmu.Unlock()
 	if writing {
-		c.setWD(t)
+		c.interrupt(t)
 	}
 	return nil
 }
@@ -178,7 +185,7 @@ func (c *Conn) Close() error {
 	writing := c.writing
 	c.dmu.Unlock()
 	if writing {
-		c.setWD(time.Now())
+		c.interrupt(time.Now())
 	}
 	err := c.Conn.Close()
 	// The handler must not return while a write is in flight: Done is
@@ -223,7 +230,20 @@ func Serve(w http.ResponseWriter, r *http.Request) (*Conn, error) {
 	if remote == nil {
 		ra = pipeAddr(r.RemoteAddr)
 	}
-	return New(r.Body, w, rc.Flush, rc.SetWriteDeadline, local, ra), nil
+	inner := http.NewResponseController(innermost(w))
+	return New(r.Body, w, rc.Flush, rc.SetWriteDeadline, inner.SetWriteDeadline, local, ra), nil
+}
+
+// innermost is the writer under w's wrappers (those that Unwrap, as
+// http.ResponseController looks through them).
+func innermost(w http.ResponseWriter) http.ResponseWriter {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w
+		}
+		w = u.Unwrap()
+	}
 }
 
 type pipeAddr string

@@ -16,7 +16,7 @@ import (
 // read makes writes block, as HTTP/2 or QUIC flow control would.
 func newOnSocket(t *testing.T) (*Conn, io.ReadWriter) {
 	near, far := tcptest.Pair(t)
-	c := New(near, near, func() error { return nil }, near.SetWriteDeadline, near.LocalAddr(), near.RemoteAddr())
+	c := New(near, near, func() error { return nil }, near.SetWriteDeadline, near.SetWriteDeadline, near.LocalAddr(), near.RemoteAddr())
 	t.Cleanup(func() { c.Close() })
 	return c, far
 }
