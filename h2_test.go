@@ -75,24 +75,7 @@ func TestHTTP2(t *testing.T) {
 	if inChild(t, "GODEBUG=http2xconnect=1") {
 		return
 	}
-	closes := make(chan frame.StatusCode, 10)
-	echo := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
-		for {
-			f, err := p.ReadFrame(30 * time.Second)
-			if err != nil {
-				return
-			}
-			switch f.Op {
-			case frame.OpText, frame.OpBinary:
-				p.WriteFrame(f.Op, f.Payload)
-			case frame.OpClose:
-				code, _, _ := frame.ParseClose(f.Payload)
-				closes <- code
-				p.WriteFrame(frame.OpClose, f.Payload)
-				return
-			}
-		}
-	})
+	echo, closes := closingEcho(t)
 	flood, flooded := floodingBackend(t)
 	addr := httpsSite(t, fmt.Sprintf(`websocket /tunnel %[1]s {
 			client {
@@ -119,34 +102,7 @@ func TestHTTP2(t *testing.T) {
 	for _, mode := range []string{"tunnel", "terminate"} {
 		t.Run(mode, func(t *testing.T) {
 			p, _ := dialH2(t, addr, "/"+mode, true)
-			for _, msg := range []string{"hello", string(make([]byte, 70000))} {
-				p.WriteFrame(frame.OpText, []byte(msg))
-				f, err := p.ReadFrame(5 * time.Second)
-				for err == nil && f.Op == frame.OpPing {
-					f, err = p.ReadFrame(5 * time.Second)
-				}
-				if err != nil || f.Op != frame.OpText || string(f.Payload) != msg {
-					t.Fatalf("echo of %d bytes: %v %v %d bytes", len(msg), err, f.Op, len(f.Payload))
-				}
-			}
-			f, err := p.ReadFrame(3 * time.Second)
-			if err != nil || f.Op != frame.OpPing {
-				t.Fatalf("want the gateway's Ping, got %v %v", f.Op, err)
-			}
-			p.WriteFrame(frame.OpPong, f.Payload)
-			p.WriteFrame(frame.OpClose, wstest.ClosePayload(4000, "bye"))
-			for {
-				f, err = p.ReadFrame(5 * time.Second)
-				if err != nil || f.Op == frame.OpClose {
-					break
-				}
-			}
-			if code, _, _ := frame.ParseClose(f.Payload); err != nil || code != 4000 {
-				t.Fatalf("Close: %d %v", code, err)
-			}
-			if code := <-closes; code != 4000 {
-				t.Fatalf("backend got Close %d, want 4000", code)
-			}
+			exerciseStream(t, p, closes)
 
 			// A client that stops reading.
 			dialH2(t, addr, "/"+mode+"-flood", false)

@@ -120,24 +120,7 @@ func TestHTTP3(t *testing.T) {
 		t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
 	}
 	wstest.NoLeaks(t)
-	closes := make(chan frame.StatusCode, 10)
-	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
-		for {
-			f, err := p.ReadFrame(30 * time.Second)
-			if err != nil {
-				return
-			}
-			switch f.Op {
-			case frame.OpText, frame.OpBinary:
-				p.WriteFrame(f.Op, f.Payload)
-			case frame.OpClose:
-				code, _, _ := frame.ParseClose(f.Payload)
-				closes <- code
-				p.WriteFrame(frame.OpClose, f.Payload)
-				return
-			}
-		}
-	})
+	backend, closes := closingEcho(t)
 	addr := httpsSite(t, fmt.Sprintf(`websocket /tunnel %s {
 			client {
 				keepalive 300ms
@@ -158,35 +141,7 @@ func TestHTTP3(t *testing.T) {
 			if res.Header.Get("Sec-WebSocket-Accept") != "" || res.Header.Get("Upgrade") != "" {
 				t.Errorf("HTTP/1.1 upgrade headers on an HTTP/3 answer: %v", res.Header)
 			}
-			for _, msg := range []string{"hello", string(make([]byte, 70000))} {
-				p.WriteFrame(frame.OpText, []byte(msg))
-				f, err := p.ReadFrame(5 * time.Second)
-				for err == nil && f.Op == frame.OpPing {
-					f, err = p.ReadFrame(5 * time.Second)
-				}
-				if err != nil || f.Op != frame.OpText || string(f.Payload) != msg {
-					t.Fatalf("echo of %d bytes: %v %v %d bytes", len(msg), err, f.Op, len(f.Payload))
-				}
-			}
-			// Silence: the gateway's keepalive comes on the stream.
-			f, err := p.ReadFrame(3 * time.Second)
-			if err != nil || f.Op != frame.OpPing {
-				t.Fatalf("want the gateway's Ping, got %v %v", f.Op, err)
-			}
-			p.WriteFrame(frame.OpPong, f.Payload)
-			p.WriteFrame(frame.OpClose, wstest.ClosePayload(4000, "bye"))
-			for {
-				f, err = p.ReadFrame(5 * time.Second)
-				if err != nil || f.Op == frame.OpClose {
-					break
-				}
-			}
-			if code, _, _ := frame.ParseClose(f.Payload); err != nil || code != 4000 {
-				t.Fatalf("Close: %d %v", code, err)
-			}
-			if code := <-closes; code != 4000 {
-				t.Fatalf("backend got Close %d, want 4000", code)
-			}
+			exerciseStream(t, p, closes)
 
 			// A stream the client resets: the backend is told 1001.
 			p, res, str := dialH3(t, addr, "/"+mode, nil)
@@ -297,4 +252,64 @@ func TestHTTP3SlowClient(t *testing.T) {
 			}
 		})
 	}
+}
+
+// exerciseStream runs a WebSocket stream through echo (5 B and 70 KB),
+// the gateway's keepalive Ping in the silence after, and a Close 4000 that
+// must come back and reach the backend (closes).
+func exerciseStream(t *testing.T, p *wstest.Peer, closes <-chan frame.StatusCode) {
+	t.Helper()
+	for _, msg := range []string{"hello", string(make([]byte, 70000))} {
+		p.WriteFrame(frame.OpText, []byte(msg))
+		f, err := p.ReadFrame(5 * time.Second)
+		for err == nil && f.Op == frame.OpPing {
+			f, err = p.ReadFrame(5 * time.Second)
+		}
+		if err != nil || f.Op != frame.OpText || string(f.Payload) != msg {
+			t.Fatalf("echo of %d bytes: %v %v %d bytes", len(msg), err, f.Op, len(f.Payload))
+		}
+	}
+	// Silence: the gateway's keepalive comes on the stream.
+	f, err := p.ReadFrame(3 * time.Second)
+	if err != nil || f.Op != frame.OpPing {
+		t.Fatalf("want the gateway's Ping, got %v %v", f.Op, err)
+	}
+	p.WriteFrame(frame.OpPong, f.Payload)
+	p.WriteFrame(frame.OpClose, wstest.ClosePayload(4000, "bye"))
+	for {
+		f, err = p.ReadFrame(5 * time.Second)
+		if err != nil || f.Op == frame.OpClose {
+			break
+		}
+	}
+	if code, _, _ := frame.ParseClose(f.Payload); err != nil || code != 4000 {
+		t.Fatalf("Close: %d %v", code, err)
+	}
+	if code := <-closes; code != 4000 {
+		t.Fatalf("backend got Close %d, want 4000", code)
+	}
+}
+
+// closingEcho is a backend that echoes text and binary frames and reports
+// the code of each Close it gets (answering it).
+func closingEcho(t *testing.T) (*wstest.Backend, <-chan frame.StatusCode) {
+	closes := make(chan frame.StatusCode, 10)
+	b := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+		for {
+			f, err := p.ReadFrame(30 * time.Second)
+			if err != nil {
+				return
+			}
+			switch f.Op {
+			case frame.OpText, frame.OpBinary:
+				p.WriteFrame(f.Op, f.Payload)
+			case frame.OpClose:
+				code, _, _ := frame.ParseClose(f.Payload)
+				closes <- code
+				p.WriteFrame(frame.OpClose, f.Payload)
+				return
+			}
+		}
+	})
+	return b, closes
 }
