@@ -25,6 +25,15 @@ type upstream struct {
 	tls           bool   // wss://, https://, or the handler's TLS is set
 }
 
+// host is the Host of the gateway's own requests to u (health checks,
+// probes): its address, or localhost for a unix socket.
+func (u upstream) host() string {
+	if u.network == "unix" {
+		return "localhost"
+	}
+	return u.addr
+}
+
 // parseUpstream accepts host:port, :port, ws://host[:port],
 // http://host[:port], wss://host[:port], https://host[:port] and
 // unix//path.
@@ -120,11 +129,7 @@ func gatewayRequest(u upstream, uri, mark string) ([]byte, string) {
 	hdr.Set("Sec-WebSocket-Version", upgrade.Version)
 	hdr.Set("Sec-WebSocket-Key", key)
 	hdr.Set(mark, "1")
-	host := u.addr
-	if u.network == "unix" {
-		host = "localhost"
-	}
-	return writeRequest(uri, host, hdr), key
+	return writeRequest(uri, u.host(), hdr), key
 }
 
 // startTLS runs the TLS handshake with a backend, within the handshake

@@ -284,11 +284,7 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 // connections' own client, marked with HealthCheckHeader, that the
 // backend must accept; a DISCONNECT then lets it forget the check.
 func (hd *Handler) probeHealthOverHTTP(ctx context.Context, u upstream, uri string, timeout time.Duration) error {
-	host := u.addr
-	if u.network == "unix" {
-		host = "localhost"
-	}
-	hs := &handshake{id: "health-check-" + newID(), uri: uri, host: host, hdr: http.Header{HealthCheckHeader: {"1"}}}
+	hs := &handshake{id: "health-check-" + newID(), uri: uri, host: u.host(), hdr: http.Header{HealthCheckHeader: {"1"}}}
 	cfg := hd.sessionConfig(hs, u)
 	cfg.Timeout, cfg.OnError = timeout, nil
 	s, res, body, err := overhttp.Connect(ctx, cfg)

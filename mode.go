@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -288,9 +287,7 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 			return false
 		}
 		cur = next
-		load := h.hub.load(cur.raw)
-		load.Add(1)
-		c.moveTo(cur.raw, sync.OnceFunc(func() { load.Add(-1) }))
+		c.moveTo(cur.raw, h.hub.count(cur.raw))
 		return true
 	}
 	return redial, moved

@@ -216,9 +216,15 @@ func (h *Handler) pick(all []upstream, tried map[string]bool, r *http.Request, w
 		return nil, nil
 	}
 	tried[u.raw] = true
-	load := h.hub.load(u.raw)
+	return u, h.hub.count(u.raw)
+}
+
+// count counts a connection (or a handshake under way) against upstream
+// raw for least_conn until release, which may be called more than once.
+func (h *hub) count(raw string) (release func()) {
+	load := h.load(raw)
 	load.Add(1)
-	return u, sync.OnceFunc(func() { load.Add(-1) })
+	return sync.OnceFunc(func() { load.Add(-1) })
 }
 
 // noHealthyBackend is the refusal when no upstream of all was left to try.
