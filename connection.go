@@ -37,7 +37,6 @@ type connection struct {
 	reservedIP  netip.Addr // the address counted against the connection limits
 	start       time.Time
 	lifetime    *time.Timer
-	push        pushQueue
 	channels    []string // subscribed to; guarded by the hub's lock
 
 	// A reconnect (terminate mode) may move the connection to another

@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net/http"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -29,40 +28,21 @@ import (
 //
 // A message is text unless ?type=binary or Content-Type
 // application/octet-stream. Pushes to a connection are delivered in the
-// order they were accepted; each connection's queue holds at most
-// pushBuffer bytes, past which the client is a slow consumer and is closed
+// order they were accepted, and before any message of the backend's that
+// the gateway relays after the push was answered; each connection's queue
+// holds at most terminate.PushBuffer bytes, past which the client is a slow consumer and is closed
 // with 1011 (as a client that does not read for write_timeout is).
-
-// pushBuffer bounds the bytes waiting in one connection's push queue.
-const pushBuffer = 1 << 20
 
 // maxPushBody bounds a push request's body.
 const maxPushBody = 4 << 20
 
-var (
-	errNoPush = errors.New("the connection is in tunnel mode: frames are relayed verbatim, there is no message boundary to push at (use mode terminate or http)")
-	errSlow   = errors.New("slow consumer: push queue full; the connection is being closed")
-	errGone   = errors.New("the connection is closing")
-)
+var errNoPush = errors.New("the connection is in tunnel mode: frames are relayed verbatim, there is no message boundary to push at (use mode terminate or http)")
 
-// pusher is a relay that can send its client a message of the gateway's.
+// pusher is a relay that can send its client a message of the gateway's
+// (terminate.Conn): queued, never blocking the caller, and written before
+// any message the client is sent after it.
 type pusher interface {
-	Push(op frame.Opcode, p []byte) bool
-}
-
-// pushQueue holds a connection's pushed messages until they are written;
-// a goroutine writes them while there are some, and none runs otherwise.
-type pushQueue struct {
-	mu      sync.Mutex
-	items   []pushed
-	size    int
-	running bool
-	dead    bool
-}
-
-type pushed struct {
-	op frame.Opcode
-	p  []byte // shared by every subscriber of a publish: read only
+	Push(op frame.Opcode, p []byte) error
 }
 
 // pushTo queues a message for c's client.
@@ -71,47 +51,7 @@ func (c *connection) pushTo(op frame.Opcode, p []byte) error {
 	if !ok {
 		return errNoPush
 	}
-	q := &c.push
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	switch {
-	case q.dead:
-		return errGone
-	case q.size+len(p) > pushBuffer && q.size > 0:
-		q.dead = true
-		q.items, q.size = nil, 0
-		go c.relay.Close(frame.CloseInternalError, "slow consumer: push queue full")
-		return errSlow
-	}
-	q.items = append(q.items, pushed{op, p})
-	q.size += len(p)
-	if !q.running {
-		q.running = true
-		go q.drain(ps)
-	}
-	return nil
-}
-
-func (q *pushQueue) drain(ps pusher) {
-	for {
-		q.mu.Lock()
-		if len(q.items) == 0 {
-			q.running = false
-			q.mu.Unlock()
-			return
-		}
-		m := q.items[0]
-		q.items[0] = pushed{}
-		q.items = q.items[1:]
-		q.size -= len(m.p)
-		q.mu.Unlock()
-		if !ps.Push(m.op, m.p) {
-			q.mu.Lock()
-			q.dead, q.items, q.size, q.running = true, nil, 0, false
-			q.mu.Unlock()
-			return
-		}
-	}
+	return ps.Push(op, p)
 }
 
 // readPush reads a push request's message and its type.

@@ -75,6 +75,7 @@ type Conn struct {
 	cfg    Config
 	start  time.Time
 	client *endpoint
+	push   pushQueue
 
 	mu         sync.Mutex
 	backend    backendLeg // nil during a reconnect gap

@@ -365,6 +365,10 @@ func (e *endpoint) close(code frame.StatusCode, reason string) {
 	f := frame.AppendClose(nil, code, reason, !e.server(), frame.NewKey(!e.server()))
 	e.wmu.Lock()
 	if !e.closeSent && !e.writeDead {
+		// Pushes accepted before the Close go before it.
+		if e == e.c.client && e.c.push.n.Load() > 0 {
+			e.c.takePushesLocked(e, false)
+		}
 		e.closeSent = true
 		e.writeLocked(f)
 		e.SentClose()
@@ -418,7 +422,9 @@ func (e *endpoint) send(op frame.Opcode, p []byte, queue bool) bool {
 	if e.closeSent || e.writeDead {
 		return false
 	}
-	n := frame.PutHeader(e.hdrOut[:], h)
+	if e == e.c.client && e.c.push.n.Load() > 0 && !e.c.takePushesLocked(e, false) {
+		return false
+	}
 	if !queue {
 		if h.Masked {
 			masked := append(getMsg(), p...)
@@ -426,12 +432,26 @@ func (e *endpoint) send(op frame.Opcode, p []byte, queue bool) bool {
 			frame.Mask(h.Mask, 0, masked)
 			p = masked
 		}
-		return e.writeLocked(e.hdrOut[:n], p)
+		return e.writeLocked(e.hdrOut[:frame.PutHeader(e.hdrOut[:], h)], p)
 	}
+	return e.holdLocked(h, p)
+}
+
+// appendLocked frames a message into the held frames; the caller holds
+// wmu.
+func (e *endpoint) appendLocked(op frame.Opcode, p []byte) bool {
+	h, p, done := e.prepare(op, p)
+	defer done()
+	return e.holdLocked(h, p)
+}
+
+// holdLocked adds a prepared frame to the held frames, writing them once
+// they reach maxBatch; the caller holds wmu.
+func (e *endpoint) holdLocked(h frame.Header, p []byte) bool {
 	if e.out == nil {
 		e.out = getMsg()
 	}
-	e.out = append(e.out, e.hdrOut[:n]...)
+	e.out = append(e.out, e.hdrOut[:frame.PutHeader(e.hdrOut[:], h)]...)
 	start := len(e.out)
 	e.out = append(e.out, p...)
 	if h.Masked {

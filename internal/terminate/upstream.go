@@ -87,13 +87,3 @@ func (c *Conn) BackendEnded(byPeer bool, code frame.StatusCode, reason string) {
 	cc, cr := forClient(ending{byPeer: byPeer, code: code, reason: reason})
 	c.client.close(cc, cr)
 }
-
-// Push sends the client a message that did not come from its backend (the
-// push API). It writes at once, in the caller's goroutine, and reports
-// false when the client is closing or its write failed.
-func (c *Conn) Push(op frame.Opcode, p []byte) bool {
-	if c.isDone() {
-		return false
-	}
-	return c.client.writeMessage(op, p)
-}
