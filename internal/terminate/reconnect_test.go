@@ -266,6 +266,14 @@ func TestReconnectClientLeavesInGap(t *testing.T) {
 	s.client.WriteFrame(frame.OpClose, wstest.ClosePayload(1000, "leaving"))
 	expectClose(t, s.client, 1000, "") // the gateway echoes the code
 	s.client.Close()
+	// The echo is written before the Conn records the client's end; a
+	// backend that the re-dial brings in between is a live one, sent the
+	// client's Close like any other. The one this test is about comes after.
+	for deadline := time.Now().Add(5 * time.Second); !s.conn.isDone(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the Conn did not record the client's Close")
+		}
+	}
 	r.allow <- nil
 	b2 := <-r.backend
 	if _, err := b2.ReadFrame(5 * time.Second); err == nil {
