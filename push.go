@@ -30,8 +30,9 @@ import (
 // application/octet-stream. Pushes to a connection are delivered in the
 // order they were accepted, and before any message of the backend's that
 // the gateway relays after the push was answered; each connection's queue
-// holds at most terminate.PushBuffer bytes, past which the client is a slow consumer and is closed
-// with 1011 (as a client that does not read for write_timeout is).
+// holds at most terminate.PushBuffer bytes, past which the client is a slow
+// consumer and is closed with 1011 (as a client that does not read for
+// write_timeout is).
 
 // maxPushBody bounds a push request's body.
 const maxPushBody = 4 << 20

@@ -365,10 +365,7 @@ func (e *endpoint) close(code frame.StatusCode, reason string) {
 	f := frame.AppendClose(nil, code, reason, !e.server(), frame.NewKey(!e.server()))
 	e.wmu.Lock()
 	if !e.closeSent && !e.writeDead {
-		// Pushes accepted before the Close go before it.
-		if e == e.c.client && e.c.push.n.Load() > 0 {
-			e.c.takePushesLocked(e, false)
-		}
+		e.pushesFirstLocked() // pushes accepted before the Close go before it
 		e.closeSent = true
 		e.writeLocked(f)
 		e.SentClose()
@@ -422,7 +419,7 @@ func (e *endpoint) send(op frame.Opcode, p []byte, queue bool) bool {
 	if e.closeSent || e.writeDead {
 		return false
 	}
-	if e == e.c.client && e.c.push.n.Load() > 0 && !e.c.takePushesLocked(e, false) {
+	if !e.pushesFirstLocked() {
 		return false
 	}
 	if !queue {

@@ -53,9 +53,7 @@ func (c *Conn) Push(op frame.Opcode, p []byte) error {
 	case q.dead:
 		return ErrClosing
 	case q.size+len(p) > PushBuffer && q.size > 0:
-		q.dead = true
-		q.items, q.size = nil, 0
-		q.n.Store(0)
+		q.killLocked()
 		go c.Close(frame.CloseInternalError, "slow consumer: push queue full")
 		return ErrSlowConsumer
 	}
@@ -77,12 +75,27 @@ func (c *Conn) writePushes() {
 	ok := c.takePushesLocked(e, true) && e.flushLocked()
 	e.wmu.Unlock()
 	if !ok {
-		q := &c.push
-		q.mu.Lock()
-		q.dead, q.items, q.size = true, nil, 0
-		q.n.Store(0)
-		q.mu.Unlock()
+		c.push.mu.Lock()
+		c.push.killLocked()
+		c.push.mu.Unlock()
 	}
+}
+
+// killLocked drops what is queued and refuses what comes; the caller holds
+// q.mu.
+func (q *pushQueue) killLocked() {
+	q.dead, q.items, q.size = true, nil, 0
+	q.n.Store(0)
+}
+
+// pushesFirstLocked puts the queued pushes ahead of what the client leg
+// writes next; the caller holds e.wmu. It reports false when they could
+// not be written.
+func (e *endpoint) pushesFirstLocked() bool {
+	if e != e.c.client || e.c.push.n.Load() == 0 {
+		return true
+	}
+	return e.c.takePushesLocked(e, false)
 }
 
 // takePushesLocked moves the queued pushes into e's held frames; the
