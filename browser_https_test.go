@@ -162,6 +162,13 @@ func testBrowserHTTPS(t *testing.T, proto string) {
 				t.Fatalf("%s after %v of silence over %s: %v (status %q)", mode, 3*idle, proto, err, text(t, bob, "#status"))
 			}
 			t.Logf("%s over %s: the room still works after %v of silence", mode, proto, 3*idle)
+			// The page's own close: the Close frames cross, the stream (or
+			// connection) ends in order, and the page says so.
+			if err := chromedp.Do(alice, chromedp.Click(chromedp.CSS("#leave")),
+				waitText("#status", "disconnected (code 1000, clean", 5*time.Second)); err != nil {
+				t.Fatalf("%s over %s, the page closed with 1000: %v", mode, proto, err)
+			}
+			t.Logf("%s over %s: the page's close: %s", mode, proto, text(t, alice, "#status"))
 		}(site.mode, alice, bob)
 	}
 	time.Sleep(3 * idle)

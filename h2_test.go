@@ -26,6 +26,7 @@ type h2Stream struct {
 	net.Conn // the pipe's reading end
 	body     *io.PipeWriter
 	cancel   context.CancelFunc
+	ended    chan error // how the response body ended: nil at END_STREAM
 }
 
 func (s *h2Stream) Write(p []byte) (int, error) { return s.body.Write(p) }
@@ -57,10 +58,14 @@ func dialH2(t *testing.T, addr, path string, read bool) (*wstest.Peer, *h2Stream
 		t.Fatalf("extended CONNECT answered %s", res.Status)
 	}
 	ours, theirs := net.Pipe()
+	s := &h2Stream{Conn: ours, body: pw, cancel: cancel, ended: make(chan error, 1)}
 	if read {
-		go func() { io.Copy(theirs, res.Body); theirs.Close() }()
+		go func() {
+			_, err := io.Copy(theirs, res.Body)
+			theirs.Close()
+			s.ended <- err
+		}()
 	}
-	s := &h2Stream{Conn: ours, body: pw, cancel: cancel}
 	t.Cleanup(func() { cancel(); pw.Close(); ours.Close() })
 	return &wstest.Peer{Conn: s, R: bufio.NewReader(s), Masked: true}, s
 }

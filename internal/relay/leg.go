@@ -3,6 +3,7 @@ package relay
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync/atomic"
@@ -58,9 +59,13 @@ type Leg struct {
 	park       park.Waiter
 	side       Side
 	role       Role
+	grace      time.Duration
 	closeRecv  atomic.Bool // a Close frame came from the peer
 	closeSent  atomic.Bool // a Close frame went out to the peer
 	halfClosed atomic.Bool // the socket's write side is closed (FIN or TLS close_notify sent)
+	// answered is closed when a Close frame goes out to a peer that has
+	// ended its side after its own Close (see awaitAnswer); nil otherwise.
+	answered atomic.Pointer[chan struct{}]
 }
 
 // Linger is how long a leg whose closing handshake is complete, and whose
@@ -71,9 +76,10 @@ type Leg struct {
 const Linger = time.Second
 
 // Init prepares the leg to read conn for h under policy p; silence counts
-// from start on the clock now.
-func (l *Leg) Init(side Side, conn net.Conn, h Handler, p timeout.Policy, start time.Time, now func() time.Time) {
-	l.side, l.role, l.conn, l.h = side, RoleOf(side), conn, h
+// from start on the clock now. grace is how long a peer that sent its Close
+// and ended its side waits for the answer (the mode's close grace).
+func (l *Leg) Init(side Side, conn net.Conn, h Handler, p timeout.Policy, grace time.Duration, start time.Time, now func() time.Time) {
+	l.side, l.role, l.conn, l.h, l.grace = side, RoleOf(side), conn, h, grace
 	l.rd.Init(conn)
 	l.park.Init(conn, l.turn)
 	l.Live.Init(conn, &l.rd, p, start, now, &l.park)
@@ -126,6 +132,9 @@ func (l *Leg) turn() {
 				}
 				continue
 			}
+			if errors.Is(err, io.EOF) && l.closeRecv.Load() && !l.closeSent.Load() {
+				l.awaitAnswer()
+			}
 			why = err
 			if !l.closeRecv.Load() && !l.Live.Closing() {
 				l.h.Dropped(l.Live.Silence())
@@ -140,6 +149,28 @@ func (l *Leg) turn() {
 	l.rd.Release()
 	l.conn.Close()
 	l.h.Exit(why)
+}
+
+// awaitAnswer waits, up to the close grace period, for the Close frame
+// that answers the peer's: the peer sent its Close and then ended its side
+// of the connection. An HTTP/2 or HTTP/3 client ends its stream with its
+// Close frame (Chromium does), a TCP peer may half-close; either can still
+// read. In tunnel mode the answer is the backend's, relayed by the other
+// leg's reader: closing the socket at the peer's end would end the stream
+// before it, and the browser would report 1006 instead of the code it
+// closed with. Only a closing leg waits here, for a bounded time.
+func (l *Leg) awaitAnswer() {
+	ch := make(chan struct{})
+	l.answered.Store(&ch)
+	if l.closeSent.Load() {
+		return // SentClose came in between (it may not have seen ch)
+	}
+	t := time.NewTimer(l.grace)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
 }
 
 // deadline runs the policy when the read deadline fired and reports
@@ -177,6 +208,9 @@ func (l *Leg) GotClose() bool { return l.closeRecv.Load() }
 // says so while the peer's own Close can still come back.
 func (l *Leg) SentClose() {
 	l.closeSent.Store(true)
+	if ch := l.answered.Swap(nil); ch != nil {
+		close(*ch)
+	}
 	if halfClose(l.conn) {
 		l.halfClosed.Store(true)
 	}

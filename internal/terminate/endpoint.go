@@ -61,7 +61,7 @@ type endpoint struct {
 
 func newEndpoint(c *Conn, side relay.Side, conn net.Conn, p timeout.Policy) *endpoint {
 	e := &endpoint{c: c, maxMsg: c.cfg.MaxMessageSize}
-	e.Init(side, conn, e, p, c.cfg.Now(), c.cfg.Now)
+	e.Init(side, conn, e, p, c.cfg.CloseGrace, c.cfg.Now(), c.cfg.Now)
 	return e
 }
 

@@ -35,7 +35,7 @@ type leg struct {
 
 func (l *leg) init(c *Conn, side relay.Side, conn net.Conn, p timeout.Policy) {
 	l.c = c
-	l.Init(side, conn, l, p, c.start, c.cfg.Now)
+	l.Init(side, conn, l, p, c.cfg.CloseGrace, c.start, c.cfg.Now)
 }
 
 // Feed relays what the peer sent to the other leg.
