@@ -72,7 +72,7 @@ import (
 //	        pong_timeout <duration>
 //	        idle_timeout <duration>|off
 //	        write_timeout <duration>|off
-//	        discover probe|drops
+//	        discover probe [<uri>]|drops
 //	        on_close close|reconnect
 //	        reconnect_attempts <n>
 //	        reconnect_window <duration>
@@ -344,7 +344,24 @@ func legBlock(d *caddyfile.Dispenser, name string) (*LegConfig, error) {
 		case "on_close":
 			err = choice(d, &l.OnClose, checkOnClose)
 		case "discover":
-			err = choice(d, &l.Discover, func(v string) error { return oneOf(v, "probe", "drops") })
+			// discover probe [<uri>]: the URI is where the backend's
+			// WebSockets are (the probe joins there, as a user would).
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 0 || len(args) > 2:
+				err = d.ArgErr()
+			case oneOf(args[0], "probe", "drops") != nil:
+				err = d.Errf("discover: %v", oneOf(args[0], "probe", "drops"))
+			case len(args) == 2 && args[0] != "probe":
+				err = d.Errf("discover drops takes no URI")
+			case len(args) == 2 && !strings.HasPrefix(args[1], "/"):
+				err = d.Errf("discover probe: the URI %q must start with /", args[1])
+			default:
+				l.Discover = args[0]
+				if len(args) == 2 {
+					l.ProbeURI = args[1]
+				}
+			}
 		case "reconnect_attempts":
 			err = count(d, &l.ReconnectAttempts)
 		case "reconnect_window":

@@ -77,6 +77,17 @@ func TestFullSyntax(t *testing.T) {
 	}
 }
 
+// TestDiscoverProbeURI: discover probe takes the URI its probe joins at.
+func TestDiscoverProbeURI(t *testing.T) {
+	h, err := adapt(t, "\twebsocket 127.0.0.1:9000 {\n\t\tbackend {\n\t\t\tkeepalive auto\n\t\t\tdiscover probe /ws?room=1\n\t\t}\n\t}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := json.Marshal(h["backend"]); string(got) != `{"discover":"probe","keepalive":"auto","probe_uri":"/ws?room=1"}` {
+		t.Fatalf("%s", got)
+	}
+}
+
 func TestShortForm(t *testing.T) {
 	h, err := adapt(t, "\twebsocket 127.0.0.1:9000")
 	if err != nil {
@@ -97,6 +108,9 @@ func TestErrorsNameTheLine(t *testing.T) {
 		{"\twebsocket 127.0.0.1:9000 {\n\t\tdial_timeout\n\t}", "Caddyfile:3"},
 		{"\twebsocket 127.0.0.1:9000 {\n\t\tbackend {\n\t\t\tping 1s\n\t\t}\n\t}", `unrecognized option "ping" in websocket backend block, at Caddyfile:4`},
 		{"\twebsocket 127.0.0.1:9000 {\n\t\tdial_timeout -1s\n\t}", "must be positive"},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tbackend {\n\t\t\tdiscover probe ws\n\t\t}\n\t}", `the URI "ws" must start with /, at Caddyfile:4`},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tbackend {\n\t\t\tdiscover drops /ws\n\t\t}\n\t}", "discover drops takes no URI"},
+		{"\twebsocket 127.0.0.1:9000 {\n\t\tbackend {\n\t\t\tdiscover sometimes\n\t\t}\n\t}", `unknown value "sometimes"`},
 	}
 	for _, c := range cases {
 		_, err := adapt(t, c.body)

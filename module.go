@@ -258,13 +258,23 @@ type LegConfig struct {
 
 	// Discover (backend side, with keepalive auto) "probe" measures an
 	// upstream's idle timeout before users find it: when nothing is
-	// learned yet, the gateway opens a spare WebSocket to it (marked
-	// X-Websocket-Probe: 1), stays silent and takes the silence after
-	// which the backend hangs up; while it measures, the upstream's user
-	// connections ping it every keepalive_min. A probe that survives
-	// keepalive_max means nothing needs learning; a refused probe falls
-	// back to learning from drops. Default "": learn from drops only.
+	// learned yet, the gateway opens a spare WebSocket to it (at
+	// ProbeURI, marked X-Websocket-Probe: 1), sends nothing and times the
+	// drop both ways: since the probe last sent (a backend timer on what
+	// it receives) and since the backend last sent (a timer on what it
+	// sends, which a chat room's broadcasts reset); it learns the shorter
+	// reading the run does not rule out. While it measures, and if it
+	// ends without a result (refused, unreadable drop), the upstream's
+	// users ping it every keepalive_min until something is learned. A
+	// probe that survives keepalive_max means nothing needs learning.
+	// Default "": learn from drops only.
 	Discover string `json:"discover,omitempty"`
+
+	// ProbeURI (with discover probe) is the request URI of the probe's
+	// upgrade: where the backend accepts its users' WebSockets, so that
+	// the probe joins as one of them (in a chat room, a member that says
+	// nothing). Default "/".
+	ProbeURI string `json:"probe_uri,omitempty"`
 
 	// OnClose (backend side, terminate mode) is what happens when the
 	// backend connection drops without the client asking (it vanished,
@@ -445,6 +455,9 @@ func (h *Handler) Validate() error {
 		}
 		if sd.s.Discover == "probe" && !sd.s.auto() {
 			return fmt.Errorf("websocket: discover probe needs keepalive auto")
+		}
+		if sd.s.ProbeURI != "" && (sd.s.Discover != "probe" || !strings.HasPrefix(sd.s.ProbeURI, "/")) {
+			return fmt.Errorf("websocket: %s: probe_uri %q needs discover probe and a URI that starts with /", sd.name, sd.s.ProbeURI)
 		}
 		if sd.s.Announce && sd.name == "backend" {
 			return fmt.Errorf("websocket: announce belongs in the client block")

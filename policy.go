@@ -27,10 +27,11 @@ func (h *Handler) policyFor(up upstream, remoteAddr string) relay.PerSide[timeou
 	}
 	if h.Backend.auto() && up.raw != "" {
 		b := h.Backend.bounds()
-		p.Backend.Keepalive = h.hub.learner(up.raw).Interval(b.min, b.max)
-		if h.hub.probing(up.raw) {
-			// The probe has been silent longest; keep users well inside
-			// what it has proven until it has its answer.
+		l := h.hub.learner(up.raw)
+		p.Backend.Keepalive = l.Interval(b.min, b.max)
+		if t, _ := l.Learned(); t == 0 && h.hub.unproven(up.raw) {
+			// Nothing is proven safe but keepalive_min: the probe is still
+			// measuring, or ended without a result.
 			p.Backend.Keepalive = b.min
 		}
 	}

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
 // ProbeHeader marks the discovery probe's upgrade request, so a backend can
@@ -18,26 +21,41 @@ const ProbeHeader = "X-Websocket-Probe"
 
 // probes are the discovery probes of one hub: at most one per upstream.
 type probes struct {
-	mu      sync.Mutex
-	running map[string]bool // upstream → a probe is measuring it
-	done    map[string]bool // upstream → measured (learned, or survived keepalive_max), or refused
+	mu    sync.Mutex
+	state map[string]probeState // upstream → where its probe stands
 }
 
-// probing reports whether a probe is measuring the upstream now: its
-// connections then ping the backend every keepalive_min, so that none is
-// silent for longer than the probe has already been (the probe started
-// first).
-func (h *hub) probing(raw string) bool {
+type probeState uint8
+
+const (
+	probeRunning probeState = iota + 1
+	// probeProven: the probe learned a timeout, or survived keepalive_max
+	// (nothing to learn).
+	probeProven
+	// probeUnproven: the probe ended without a result (refused, dial
+	// error, a drop it could not read): nothing is known to be safe but
+	// keepalive_min until something is learned.
+	probeUnproven
+)
+
+// unproven reports whether an upstream's users must ping it every
+// keepalive_min until something is learned: its probe is measuring it now
+// (the users must stay inside what the probe, silent longest, has proven),
+// or it ended without a result. Scheduling them at keepalive_max then
+// would be less safe than not probing at all.
+func (h *hub) unproven(raw string) bool {
 	h.probes.mu.Lock()
 	defer h.probes.mu.Unlock()
-	return h.probes.running[raw]
+	st := h.probes.state[raw]
+	return st == probeRunning || st == probeUnproven
 }
 
 // probeUpstreams starts a probe of every listed upstream that has nothing
 // learned and was not measured yet (Caddy start, or a reload that adds
-// one). Costs: one spare connection per upstream for up to keepalive_max,
-// which sends nothing; meanwhile the upstream's user connections ping it
-// every keepalive_min.
+// one; an unproven upstream is probed again at the next reload). Costs:
+// one spare connection per upstream for up to keepalive_max, which sends
+// nothing; meanwhile the upstream's user connections ping it every
+// keepalive_min.
 func (hd *Handler) probeUpstreams() {
 	if !hd.Backend.auto() || hd.Backend.Discover != "probe" {
 		return
@@ -47,12 +65,13 @@ func (hd *Handler) probeUpstreams() {
 			continue
 		}
 		hd.hub.probes.mu.Lock()
-		if hd.hub.probes.running == nil {
-			hd.hub.probes.running, hd.hub.probes.done = map[string]bool{}, map[string]bool{}
+		if hd.hub.probes.state == nil {
+			hd.hub.probes.state = map[string]probeState{}
 		}
-		start := !hd.hub.probes.running[u.raw] && !hd.hub.probes.done[u.raw]
+		st := hd.hub.probes.state[u.raw]
+		start := st == 0 || st == probeUnproven
 		if start {
-			hd.hub.probes.running[u.raw] = true
+			hd.hub.probes.state[u.raw] = probeRunning
 		}
 		hd.hub.probes.mu.Unlock()
 		if start {
@@ -66,73 +85,111 @@ func (hd *Handler) probeUpstreams() {
 // it.
 func (hd *Handler) probe(u upstream) {
 	b := hd.Backend.bounds()
+	l := hd.hub.learner(u.raw)
+	proven := false
+	log := hd.logger.With(zap.String("upstream", u.raw))
 	defer func() {
+		st := probeUnproven
+		if t, _ := l.Learned(); proven || t > 0 {
+			st = probeProven
+		}
 		hd.hub.probes.mu.Lock()
-		delete(hd.hub.probes.running, u.raw)
-		hd.hub.probes.done[u.raw] = true
+		hd.hub.probes.state[u.raw] = st
 		hd.hub.probes.mu.Unlock()
+		if st == probeUnproven {
+			log.Warn("websocket probe ended without a result; users ping every keepalive_min until a timeout is learned",
+				zap.Duration("keepalive", b.min))
+		}
 		hd.hub.refreshPolicies(func(o *connection) bool { return o.upstream() == u.raw })
 	}()
-	log := hd.logger.With(zap.String("upstream", u.raw))
 	ctx := context.Background()
 	conn, err := hd.dialOne(ctx, u)
 	if err != nil {
-		log.Warn("websocket probe could not dial; learning from drops instead", zap.Error(err))
+		log.Warn("websocket probe could not dial", zap.Error(err))
 		return
 	}
 	defer conn.Close()
-	req, key := gatewayRequest(u, "/", ProbeHeader)
+	uri := hd.Backend.ProbeURI
+	if uri == "" {
+		uri = "/"
+	}
+	req, key := gatewayRequest(u, uri, ProbeHeader)
 	hs := &handshake{key: key, up: u}
 	if rf := hd.handshakeWith(ctx, hs, conn, req); rf != nil {
-		log.Warn("websocket probe refused; learning from drops instead", zap.String("reason", rf.reason))
+		log.Warn("websocket probe refused", zap.String("reason", rf.reason))
 		return
 	}
 	if hs.res.StatusCode != http.StatusSwitchingProtocols {
 		hs.backend.Close()
-		log.Warn("websocket probe refused; learning from drops instead", zap.Int("status", hs.res.StatusCode))
+		log.Warn("websocket probe refused", zap.Int("status", hs.res.StatusCode))
 		return
 	}
+	defer hs.backend.Close()
 	start := time.Now()
-	log.Info("websocket probe started", zap.Duration("keepalive_max", b.max))
+	log.Info("websocket probe started", zap.Duration("keepalive_max", b.max),
+		zap.Duration("users_keepalive", b.min))
 	// Silent until the backend hangs up or sends Close, or keepalive_max
 	// has passed: then nothing needs learning.
 	hs.backend.SetReadDeadline(start.Add(b.max + time.Second))
-	silence, err := drainUntilClosed(hs.br)
-	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	run, err := watchUntilDropped(hs.br, start)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		proven = true
 		log.Info("websocket probe survived keepalive_max; nothing to learn", zap.Duration("silence", time.Since(start)))
-	default:
-		t := time.Since(start)
-		if silence > 0 {
-			t = silence
-		}
-		l := hd.hub.learner(u.raw)
-		if l.Observe(t, b.min) {
-			lt, n := l.Learned()
-			log.Info("websocket probe learned backend idle timeout", zap.Duration("idle_timeout", lt),
-				zap.Int("drops_seen", n), zap.Duration("keepalive", l.Interval(b.min, b.max)))
-			hd.hub.publish("upstream", u.raw, lt, n)
-		}
+		return
 	}
-	hs.backend.Close()
+	t, rule := run.IdleTimeout(b.min)
+	fields := []zap.Field{
+		zap.Duration("since_probe_sent", run.End),
+		zap.Duration("since_backend_sent", run.End-run.LastWrite),
+		zap.Duration("longest_backend_gap", run.LongestGap),
+	}
+	if t == 0 {
+		log.Warn("websocket probe dropped, but no reading is an idle timeout of at least keepalive_min", append(fields, zap.Duration("keepalive_min", b.min))...)
+		return
+	}
+	l.Observe(t, b.min)
+	lt, n := l.Learned()
+	log.Info("websocket probe learned backend idle timeout", append(fields,
+		zap.String("counts", string(rule)), zap.Duration("idle_timeout", lt),
+		zap.Int("drops_seen", n), zap.Duration("keepalive", l.Interval(b.min, b.max)))...)
+	hd.hub.publish("upstream", u.raw, lt, n)
 }
 
-// drainUntilClosed reads (and drops) what the backend sends until it hangs
-// up or the deadline passes. A backend that pings the probe is not idle
-// towards it; the measure is from the last thing it sent (returned as the
-// silence before the end, 0 when it sent nothing).
-func drainUntilClosed(r *bufio.Reader) (time.Duration, error) {
-	var last time.Time
-	buf := make([]byte, 512)
+// watchUntilDropped reads (and drops) the frames the backend sends the
+// probe until it hangs up or the deadline passes, and returns what was
+// seen, timed from start (the handshake). A chat room broadcasts its
+// members' lines to the probe too: each is a write of the backend's. A
+// Close frame is the backend's goodbye, not activity, and is not counted.
+func watchUntilDropped(r *bufio.Reader, start time.Time) (timeout.ProbeRun, error) {
+	var run timeout.ProbeRun
 	for {
-		_, err := r.Read(buf)
-		if err == nil {
-			last = time.Now()
-			continue
+		h, err := nextFrame(r)
+		at := time.Since(start)
+		if err != nil {
+			run.End = at
+			return run, err
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) || last.IsZero() {
-			return 0, err
+		if h.Op != frame.OpClose {
+			run.Wrote(at)
 		}
-		return time.Since(last), err
 	}
+}
+
+// nextFrame reads a frame header from r and skips its payload.
+func nextFrame(r *bufio.Reader) (frame.Header, error) {
+	b, err := r.Peek(2)
+	if err != nil {
+		return frame.Header{}, err
+	}
+	b, err = r.Peek(frame.HeaderSize(b[0], b[1]))
+	if err != nil {
+		return frame.Header{}, err
+	}
+	h, n, err := frame.ParseHeader(b)
+	if err != nil {
+		return h, err
+	}
+	r.Discard(n)
+	_, err = r.Discard(int(h.Length))
+	return h, err
 }

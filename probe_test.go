@@ -3,10 +3,12 @@ package websocket_test
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
@@ -44,8 +46,9 @@ func idleBackend(t *testing.T, idle time.Duration, refuseProbe bool) *wstest.Bac
 // With keepalive auto and discover probe, the gateway's probe finds the
 // timeout, not the users: two clients that connect at once and stay silent
 // for 6 s both survive, and the log has the probe's learned value. Against
-// a backend that refuses the probe, the gateway says so and learns from
-// drops as before.
+// a backend that refuses the probe, the gateway says so, learns from
+// drops, and its users ping it every keepalive_min, what is known to be
+// safe, until something is learned: none is dropped.
 func TestDiscoveryProbe(t *testing.T) {
 	backend := idleBackend(t, 2*time.Second, false)
 	refusing := idleBackend(t, 2*time.Second, true)
@@ -67,8 +70,8 @@ func TestDiscoveryProbe(t *testing.T) {
 		}
 	}`, backend.Addr, refusing.Addr))
 	var peers []*wstest.Peer
-	for range 2 {
-		p, res := wstest.Dial(t, addr, wstest.UpgradeRequest(addr, "/probe", wstest.Key()))
+	for _, path := range []string{"/probe", "/probe", "/refusing", "/refusing"} {
+		p, res := wstest.Dial(t, addr, wstest.UpgradeRequest(addr, path, wstest.Key()))
 		if p == nil {
 			t.Fatalf("upgrade: %d", res.StatusCode)
 		}
@@ -114,9 +117,116 @@ func TestDiscoveryProbe(t *testing.T) {
 	if drops := wstest.LogEntries(t, "websocket learned backend idle timeout"); len(drops) != 0 {
 		t.Fatalf("a user connection was dropped to learn: %v", drops)
 	}
-	refused := wstest.LogEntries(t, "websocket probe refused; learning from drops instead")
+	refused := wstest.LogEntries(t, "websocket probe refused")
 	if len(refused) != 1 {
 		t.Fatalf("refused probe log lines: %v", refused)
 	}
 	t.Logf("refused: %v", refused[0])
+	// Its users stayed at keepalive_min, what is known to be safe: none
+	// was dropped to learn (the drops check above covers both routes).
+	unproven := wstest.LogEntries(t, "websocket probe ended without a result; users ping every keepalive_min until a timeout is learned")
+	if len(unproven) != 1 || unproven[0]["keepalive"] != 0.5 {
+		t.Fatalf("unproven probe log lines: %v", unproven)
+	}
+}
+
+// TestProbeInBroadcastingRoom: the seed's own backend, never seen before:
+// a chat room (examples/legacychat) that drops a member after 2 s without a
+// frame from it and broadcasts every line to every member — the probe is a
+// member too. Two members join while the probe runs, each says a line
+// (which the room sends the probe as well), then both are silent for three
+// times the room's timeout. In tunnel and terminate mode: the probe learns
+// the room's timeout from the time since it last sent, not from the time
+// since the room last wrote to it (which the broadcast reset), and no
+// member is dropped, the room having been pinged every keepalive_min
+// while the probe ran.
+func TestProbeInBroadcastingRoom(t *testing.T) {
+	const idle = 2 * time.Second
+	var sites string
+	for i, mode := range []string{"tunnel", "terminate"} {
+		room := httptest.NewServer(legacychat.New(idle))
+		t.Cleanup(room.Close)
+		sites += fmt.Sprintf(`http://127.0.0.1:{PORT%[3]d} {
+		websocket /ws %[2]s {
+			mode %[1]s
+			client {
+				keepalive off
+			}
+			backend {
+				keepalive auto
+				discover probe /ws
+			}
+		}
+	}
+	`, mode, hostOf(room), i+1)
+	}
+	addrs := wstest.StartCaddyPorts(t, sites, 2)
+	time.Sleep(idle * 2 / 3) // the members join while the probe runs
+	type member struct {
+		name string
+		p    *wstest.Peer
+	}
+	var members []member
+	for i, mode := range []string{"tunnel", "terminate"} {
+		for _, name := range []string{"alice", "bob"} {
+			p, res := wstest.Dial(t, addrs[i], wstest.UpgradeRequest(addrs[i], "/ws", wstest.Key()))
+			if p == nil {
+				t.Fatalf("%s: upgrade: %d", mode, res.StatusCode)
+			}
+			members = append(members, member{mode + "-" + name, p})
+		}
+	}
+	say := func(m member, line string) {
+		if err := m.p.WriteFrame(frame.OpText, []byte(m.name+":"+line)); err != nil {
+			t.Fatalf("%s: %v", m.name, err)
+		}
+	}
+	// hears reads m's frames until it has line, skipping others.
+	hears := func(m member, line string) {
+		for {
+			f, err := m.p.ReadFrame(3 * time.Second)
+			if err != nil {
+				t.Fatalf("%s waiting for %q: %v", m.name, line, err)
+			}
+			if string(f.Payload) == line {
+				return
+			}
+		}
+	}
+	// Each says hello once in the room: alice first (her own line back
+	// says the room has her), then bob, whom both hear.
+	for i := 0; i < len(members); i += 2 {
+		alice, bob := members[i], members[i+1]
+		say(alice, "hello")
+		hears(alice, alice.name+":hello")
+		say(bob, "hello")
+		hears(alice, bob.name+":hello")
+		hears(bob, bob.name+":hello")
+	}
+	time.Sleep(3 * idle)
+	for i := 0; i < len(members); i += 2 {
+		alice, bob := members[i], members[i+1]
+		say(alice, "still here")
+		hears(bob, alice.name+":still here")
+		say(bob, "still here")
+		hears(alice, bob.name+":still here")
+	}
+	if drops := wstest.LogEntries(t, "websocket learned backend idle timeout"); len(drops) != 0 {
+		t.Fatalf("a member was dropped to learn: %v", drops)
+	}
+	learned := wstest.LogEntries(t, "websocket probe learned backend idle timeout")
+	if len(learned) != 2 {
+		t.Fatalf("probe log lines: %v", learned)
+	}
+	for _, l := range learned {
+		t.Logf("probe: %v", l)
+		it, _ := l["idle_timeout"].(float64)
+		sinceBackend, _ := l["since_backend_sent"].(float64)
+		if it < 1.9 || it > 2.5 || l["counts"] != "received" {
+			t.Errorf("probe learned %vs counting %v, want about 2s counting what the room receives", it, l["counts"])
+		}
+		if sinceBackend > 1.6 {
+			t.Errorf("the room's broadcast did not reach the probe (%vs since the room last wrote to it)", sinceBackend)
+		}
+	}
 }
