@@ -8,7 +8,9 @@
 package legacychat
 
 import (
+	"bytes"
 	_ "embed"
+	"html"
 	"net/http"
 	"strings"
 	"sync"
@@ -26,6 +28,12 @@ type Server struct {
 	// (Ping, Pong and data frames all count), the way a servlet container's
 	// HTTP idle timeout did.
 	IdleTimeout time.Duration
+	// Name, when set, is shown on the page ("Legacy chat: Name"), so that
+	// two rooms side by side are told apart.
+	Name string
+	// Logf, when set, logs each member's arrival and departure, as the
+	// legacy servers' access logs did.
+	Logf func(format string, args ...any)
 
 	upgrader websocket.Upgrader
 	mu       sync.Mutex
@@ -53,7 +61,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/", "/index.html":
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Write(page)
+		if s.Name == "" {
+			w.Write(page)
+			return
+		}
+		w.Write(bytes.Replace(page, []byte("<h1>Legacy chat</h1>"),
+			[]byte("<h1>Legacy chat: "+html.EscapeString(s.Name)+"</h1>"), 1))
 	case "/ws":
 		s.join(w, r)
 	default:
@@ -86,11 +99,15 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	m := &member{conn: conn}
 	s.mu.Lock()
 	s.members[m] = true
+	n := len(s.members)
 	s.mu.Unlock()
+	s.logf("member %s joined (%d in the room)", conn.RemoteAddr(), n)
 	defer func() {
 		s.mu.Lock()
 		delete(s.members, m)
+		n := len(s.members)
 		s.mu.Unlock()
+		s.logf("member %s left (%d in the room)", conn.RemoteAddr(), n)
 		// Abrupt, as the legacy servers did: no Close frame.
 		conn.UnderlyingConn().Close()
 	}()
@@ -118,6 +135,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 			continue // not "user:message"
 		}
 		s.broadcast(msg)
+	}
+}
+
+func (s *Server) logf(format string, args ...any) {
+	if s.Logf != nil {
+		s.Logf(format, args...)
 	}
 }
 
