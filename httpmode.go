@@ -45,34 +45,26 @@ func (httpMode) request(_ *http.Request, hs *handshake) {
 }
 
 // open sends OPEN to an upstream the selection policy picks (the next one
-// when one cannot be reached). A 200 answer starting with OPEN becomes
-// hs.res as a 101 with the backend's headers; any other answer is left in
-// hs.res for the client, as a WebSocket backend's non-101 is.
+// when one cannot be reached, as lb_retries and lb_try_duration say). A
+// 200 answer starting with OPEN becomes hs.res as a 101 with the backend's
+// headers; any other answer is left in hs.res for the client, as a
+// WebSocket backend's non-101 is.
 func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
 	all, rf := h.candidates(r)
 	if rf != nil {
 		return rf
 	}
-	tried := map[string]bool{}
-	var errs []string
-	timedOut := false
-	for {
-		u, release := h.pick(all, tried, r, w)
-		if u == nil {
-			break
-		}
-		hs.up = *u
-		s, res, body, err := overhttp.Connect(ctx, h.sessionConfig(hs, *u))
+	failed, last := h.tries(all, r, w).run(ctx, func(u upstream, release func()) error {
+		hs.up = u
+		s, res, body, err := overhttp.Connect(ctx, h.sessionConfig(hs, u))
 		if err != nil {
 			release()
-			h.hub.failed(h, *u, err.Error())
-			h.logger.Warn("websocket backend OPEN failed", zapUpstream(*u), zap.Error(err))
-			errs = append(errs, u.raw+": "+err.Error())
-			timedOut = errors.Is(err, overhttp.ErrTimeout)
+			h.hub.failed(h, u, err.Error())
+			h.logger.Warn("websocket backend OPEN failed", zapUpstream(u), zap.Error(err))
 			if errors.Is(err, overhttp.ErrUnreachable) {
-				continue // another upstream may answer
+				return err // another upstream may answer
 			}
-			break
+			return final{err}
 		}
 		hs.release = release
 		if s == nil {
@@ -89,12 +81,15 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 		hs.session = s
 		hs.res = &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: hdr}
 		return nil
-	}
-	if len(errs) == 0 {
+	})
+	switch {
+	case last == nil && hs.res != nil:
+		return nil
+	case len(failed) == 0:
 		return noHealthyBackend(all)
 	}
-	rf = &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(errs, "; ")}
-	if timedOut {
+	rf = &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(failed, "; ")}
+	if errors.Is(last, overhttp.ErrTimeout) {
 		rf.status, rf.code = http.StatusGatewayTimeout, "backend_timeout"
 	}
 	return rf

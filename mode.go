@@ -2,8 +2,7 @@ package websocket
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -48,17 +47,21 @@ func (h *Handler) mode() mode {
 	return tunnelMode{}
 }
 
+// wsBackend is how tunnel and terminate modes reach a backend: a dial and
+// a WebSocket upgrade (backend.go).
+type wsBackend struct{}
+
+// open dials an upstream and sends the upgrade.
+func (wsBackend) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+	return h.connect(ctx, r, w, hs)
+}
+
 // tunnelMode relays frames verbatim: the handshake is end to end.
-type tunnelMode struct{}
+type tunnelMode struct{ wsBackend }
 
 func (tunnelMode) name() string { return "tunnel" }
 
 func (tunnelMode) check(*Handler, *http.Request) *refusal { return nil }
-
-// open dials an upstream and sends the upgrade (tunnel and terminate).
-func (tunnelMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
-	return h.connect(ctx, r, w, hs)
-}
 
 // request passes the client's key on; a stream client has none, so the
 // gateway makes one for the backend's HTTP/1.1 upgrade.
@@ -118,13 +121,9 @@ func (tunnelMode) relay(h *Handler, c *connection, hs *handshake, client net.Con
 // terminateMode completes the client's handshake itself and opens the
 // gateway's own WebSocket connection to the backend, with its own key and
 // without the client's extensions (the backend speaks plain frames).
-type terminateMode struct{}
+type terminateMode struct{ wsBackend }
 
 func (terminateMode) name() string { return "terminate" }
-
-func (terminateMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
-	return h.connect(ctx, r, w, hs)
-}
 
 func (terminateMode) check(h *Handler, r *http.Request) *refusal {
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
@@ -258,29 +257,31 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 	cur, next := hs.up, hs.up
 	redial = func(ctx context.Context) (net.Conn, []byte, error) {
 		o := h.hub.ownerOf(c)
-		var errs []string
-		for _, u := range o.redialOrder(cur) {
-			conn, err := o.dialOne(ctx, u)
+		var conn net.Conn
+		var initial []byte
+		failed, _ := o.redialTries(cur).run(ctx, func(u upstream, _ func()) error {
+			b, err := o.dialOne(ctx, u)
 			if err != nil {
 				o.hub.failed(o, u, "dial: "+dialReason(err))
-				errs = append(errs, u.raw+": "+dialReason(err))
-				continue
+				return errors.New(dialReason(err))
 			}
 			key := newKey()
 			re := &handshake{key: key, up: u}
-			if rf := o.handshakeWith(ctx, re, conn, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
-				errs = append(errs, u.raw+": "+rf.reason)
-				continue
+			if rf := o.handshakeWith(ctx, re, b, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
+				return errors.New(rf.reason)
 			}
 			if re.res.StatusCode != http.StatusSwitchingProtocols {
 				re.backend.Close()
-				errs = append(errs, fmt.Sprintf("%s: backend answered %s", u.raw, re.res.Status))
-				continue
+				return fmt.Errorf("backend answered %s", re.res.Status)
 			}
 			next = u
-			return re.backend, buffered(re.br), nil
+			conn, initial = re.backend, buffered(re.br)
+			return nil
+		})
+		if conn == nil {
+			return nil, nil, fmt.Errorf("no backend reachable (%s)", strings.Join(failed, "; "))
 		}
-		return nil, nil, fmt.Errorf("no backend reachable (%s)", strings.Join(errs, "; "))
+		return conn, initial, nil
 	}
 	moved = func() bool {
 		if next.raw == cur.raw {
@@ -291,23 +292,4 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 		return true
 	}
 	return redial, moved
-}
-
-// tokens splits all values of a comma-separated header.
-func tokens(h http.Header, name string) []string {
-	var out []string
-	for _, v := range h.Values(name) {
-		for _, t := range strings.Split(v, ",") {
-			if t = strings.TrimSpace(t); t != "" {
-				out = append(out, t)
-			}
-		}
-	}
-	return out
-}
-
-func newKey() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return base64.StdEncoding.EncodeToString(b[:])
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
-	"github.com/caddy-websocket/caddy-websocket/internal/socket"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/quiet"
 	"github.com/caddy-websocket/caddy-websocket/internal/stream"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
@@ -232,7 +232,7 @@ func (h *Handler) hijack(w http.ResponseWriter) (net.Conn, []byte, error) {
 	// The relay reads the socket itself when the wrappers Caddy put
 	// around it (recorders, the PROXY protocol) hold no bytes: its quiet
 	// legs can then park.
-	client = socket.Under(client)
+	client = quiet.Under(client)
 	// The HTTP server's read and write deadlines would otherwise stay on the
 	// socket and cut the connection off.
 	client.SetDeadline(time.Time{})

@@ -1,16 +1,15 @@
 package websocket
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -144,81 +143,6 @@ func (h *Handler) leastConn(avail []upstream) *upstream {
 	return best
 }
 
-// dial connects to an upstream the policy picks, trying others (and, with
-// TryDuration, the same again) when one cannot be dialled. The returned
-// release gives back the upstream's least_conn count; the connection's
-// record keeps it until the connection ends.
-func (h *Handler) dial(ctx context.Context, r *http.Request, w http.ResponseWriter) (net.Conn, upstream, func(), *refusal) {
-	all, rf := h.candidates(r)
-	if rf != nil {
-		return nil, upstream{}, nil, rf
-	}
-	lb := h.LoadBalancing
-	if lb == nil {
-		lb = &LoadBalancing{}
-	}
-	retries := len(all) - 1
-	if lb.Retries > 0 {
-		retries = lb.Retries
-	}
-	interval := time.Duration(lb.TryInterval)
-	if interval <= 0 {
-		interval = 250 * time.Millisecond
-	}
-	deadline := time.Now().Add(time.Duration(lb.TryDuration))
-	tried := map[string]bool{}
-	var errs []string
-	for attempt := 0; ; attempt++ {
-		u, release := h.pick(all, tried, r, w)
-		if u != nil {
-			conn, err := h.dialOne(ctx, *u)
-			if err == nil {
-				return conn, *u, release, nil
-			}
-			release()
-			h.hub.failed(h, *u, "dial: "+dialReason(err))
-			h.logger.Warn("websocket backend dial failed", zapUpstream(*u), zap.Error(err))
-			errs = append(errs, u.raw+": "+dialReason(err))
-		}
-		more := u != nil && attempt < retries
-		if !more && time.Now().Before(deadline) && ctx.Err() == nil {
-			// Within try_duration: wait, then try them all again.
-			select {
-			case <-ctx.Done():
-			case <-time.After(interval):
-			}
-			clear(tried)
-			more = true
-		}
-		if !more {
-			break
-		}
-	}
-	if len(errs) == 0 {
-		return nil, upstream{}, nil, noHealthyBackend(all)
-	}
-	return nil, upstream{}, nil, &refusal{status: http.StatusBadGateway, code: "backend_unreachable",
-		reason: "no backend reachable (" + strings.Join(errs, "; ") + ")"}
-}
-
-// pick chooses, with the selection policy, one of the healthy upstreams
-// of all not tried yet, marks it tried and counts it for least_conn until
-// release; nil when none is left.
-func (h *Handler) pick(all []upstream, tried map[string]bool, r *http.Request, w http.ResponseWriter) (*upstream, func()) {
-	var avail []upstream
-	for _, u := range all {
-		if !tried[u.raw] && h.healthy(u.raw) {
-			avail = append(avail, u)
-		}
-	}
-	u := h.choose(avail, r, w)
-	if u == nil {
-		return nil, nil
-	}
-	tried[u.raw] = true
-	return u, h.hub.count(u.raw)
-}
-
 // count counts a connection (or a handshake under way) against upstream
 // raw for least_conn until release, which may be called more than once.
 func (h *hub) count(raw string) (release func()) {
@@ -241,26 +165,29 @@ func rawOf(us []upstream) []string {
 	return out
 }
 
-// dialOne opens the TCP (or Unix) connection to one upstream.
-func (h *Handler) dialOne(ctx context.Context, u upstream) (net.Conn, error) {
-	d := net.Dialer{Timeout: time.Duration(h.DialTimeout)}
-	if d.Timeout <= 0 {
-		d.Timeout = DefaultDialTimeout
-	}
-	return d.DialContext(ctx, u.network, u.addr)
-}
-
-// redialOrder is the order a reconnect tries upstreams in: the one the
-// connection had, then the other static ones. (The selection policy may
-// need the client's request, which a long-lived connection does not keep.)
-func (h *Handler) redialOrder(prev upstream) []upstream {
-	out := []upstream{prev}
+// redialTries is how a reconnect goes through upstreams: the one the
+// connection had, then the other healthy static ones, each once. (The
+// selection policy may need the client's request, which a long-lived
+// connection does not keep.)
+func (h *Handler) redialTries(prev upstream) tries {
+	order := []upstream{prev}
 	for _, u := range h.pool.static {
 		if u.raw != prev.raw && h.healthy(u.raw) {
-			out = append(out, u)
+			order = append(order, u)
 		}
 	}
-	return out
+	return tries{
+		next: func(tried map[string]bool) (*upstream, func()) {
+			for _, u := range order {
+				if !tried[u.raw] {
+					tried[u.raw] = true
+					return &u, func() {}
+				}
+			}
+			return nil, nil
+		},
+		retries: len(order) - 1,
+	}
 }
 
 // loadUpstreams sets up the pool at provisioning.
@@ -321,3 +248,54 @@ func (h *Handler) hasUpstream(raw string) bool {
 // loadCounter counts one upstream's live WebSockets and handshakes under
 // way, for least_conn.
 type loadCounter = atomic.Int64
+
+// upstream is a backend address, ready to dial.
+type upstream struct {
+	network, addr string
+	raw           string // as configured, for logs
+	tls           bool   // wss://, https://, or the handler's TLS is set
+}
+
+// host is the Host of the gateway's own requests to u (health checks,
+// probes): its address, or localhost for a unix socket.
+func (u upstream) host() string {
+	if u.network == "unix" {
+		return "localhost"
+	}
+	return u.addr
+}
+
+// parseUpstream accepts host:port, :port, ws://host[:port],
+// http://host[:port], wss://host[:port], https://host[:port] and
+// unix//path.
+func parseUpstream(s string) (upstream, error) {
+	switch {
+	case strings.HasPrefix(s, "unix//"):
+		return upstream{network: "unix", addr: strings.TrimPrefix(s, "unix/"), raw: s}, nil
+	case strings.Contains(s, "://"):
+		u, err := url.Parse(s)
+		if err != nil {
+			return upstream{}, fmt.Errorf("upstream %q: %v", s, err)
+		}
+		port, secure := "80", false
+		switch u.Scheme {
+		case "ws", "http":
+		case "wss", "https":
+			port, secure = "443", true
+		default:
+			return upstream{}, fmt.Errorf("upstream %q: unknown scheme %q", s, u.Scheme)
+		}
+		if u.Path != "" && u.Path != "/" {
+			return upstream{}, fmt.Errorf("upstream %q: a path is not allowed; the request's own path is used", s)
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), port)
+		}
+		return upstream{network: "tcp", addr: host, raw: s, tls: secure}, nil
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return upstream{}, fmt.Errorf("upstream %q: want host:port, ws://host[:port] or unix//path", s)
+	}
+	return upstream{network: "tcp", addr: s, raw: s}, nil
+}

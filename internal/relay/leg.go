@@ -9,10 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/internal/lazyread"
-	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
-	"github.com/caddy-websocket/caddy-websocket/internal/park"
-	"github.com/caddy-websocket/caddy-websocket/internal/socket"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/quiet"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
@@ -55,8 +53,8 @@ type Leg struct {
 
 	conn       net.Conn
 	h          Handler
-	rd         lazyread.Reader
-	park       park.Waiter
+	rd         quiet.Reader
+	park       quiet.Waiter
 	side       Side
 	role       Role
 	grace      time.Duration
@@ -115,7 +113,7 @@ func (l *Leg) turn() {
 			break
 		}
 		b, err := l.rd.Read(l.Live.Linger())
-		if err == lazyread.ErrWouldBlock {
+		if err == quiet.ErrWouldBlock {
 			if l.Live.Park() {
 				return
 			}
@@ -228,7 +226,7 @@ func halfClose(conn net.Conn) bool {
 		return false
 	}
 	if tc, ok := conn.(*tls.Conn); ok {
-		if tcp, ok := socket.TCP(tc.NetConn()); ok {
+		if tcp, ok := quiet.TCP(tc.NetConn()); ok {
 			tcp.CloseWrite()
 		}
 	}

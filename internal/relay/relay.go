@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
-	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/liveness"
 )
 
 // Side names a leg of a connection.

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
-	"github.com/caddy-websocket/caddy-websocket/internal/liveness"
 	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/liveness"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 

@@ -1,4 +1,4 @@
-// Package park lets an idle connection wait with no goroutine of its own.
+// Waiter lets an idle connection wait with no goroutine of its own.
 //
 // A relay leg reads in a goroutine while bytes move. Once the leg has been
 // quiet for a moment it parks: its goroutine exits, the socket waits in one
@@ -14,7 +14,8 @@
 // available (not Linux, not a TCP or TLS-over-TCP connection) Init
 // reports false and the leg keeps its goroutine, waiting in Go's network
 // poller as before.
-package park
+
+package quiet
 
 import (
 	"crypto/tls"
@@ -23,8 +24,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/caddy-websocket/caddy-websocket/internal/socket"
 )
 
 const (
@@ -57,7 +56,7 @@ func (w *Waiter) Init(conn net.Conn, run func()) bool {
 		// crypto/tls for what it holds before it parks (lazyread).
 		conn = tc.NetConn()
 	}
-	tc, ok := socket.TCP(conn)
+	tc, ok := TCP(conn)
 	if !ok || !supported {
 		return false
 	}

@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/internal/park"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/quiet"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
@@ -38,7 +38,7 @@ type Watch struct {
 	policy atomic.Pointer[timeout.Policy]
 	conn   net.Conn
 	reads  ReadDeadliner // sets conn's read deadline
-	waiter *park.Waiter  // nil or not enabled: the reader never parks
+	waiter *quiet.Waiter // nil or not enabled: the reader never parks
 	start  time.Time
 	now    func() time.Time
 
@@ -59,7 +59,7 @@ type Watch struct {
 }
 
 // ReadDeadliner sets a connection's read deadline: the connection itself,
-// or the reader that owns it (lazyread.Reader, which must know).
+// or the reader that owns it (quiet.Reader, which must know).
 type ReadDeadliner interface {
 	SetReadDeadline(t time.Time) error
 }
@@ -67,7 +67,7 @@ type ReadDeadliner interface {
 // Init starts watching conn under policy, setting its read deadlines
 // through reads (nil: conn itself). Silence counts from start. The leg's
 // reader parks in waiter when it is quiet; waiter may be nil.
-func (w *Watch) Init(conn net.Conn, reads ReadDeadliner, policy timeout.Policy, start time.Time, now func() time.Time, waiter *park.Waiter) {
+func (w *Watch) Init(conn net.Conn, reads ReadDeadliner, policy timeout.Policy, start time.Time, now func() time.Time, waiter *quiet.Waiter) {
 	w.conn, w.start, w.now = conn, start, now
 	w.reads = reads
 	if reads == nil {

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-websocket/caddy-websocket/internal/park"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/quiet"
 	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
@@ -131,7 +131,7 @@ func TestPingsSpread(t *testing.T) {
 func TestLingerAndPark(t *testing.T) {
 	near, far := tcptest.Pair(t)
 	turns := make(chan struct{}, 4)
-	var pw park.Waiter
+	var pw quiet.Waiter
 	if !pw.Init(near, func() { turns <- struct{}{} }) {
 		t.Skip("parking is not supported here")
 	}

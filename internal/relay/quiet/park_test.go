@@ -1,4 +1,4 @@
-package park
+package quiet
 
 import (
 	"net"

@@ -1,4 +1,4 @@
-package lazyread
+package quiet
 
 import (
 	"io"

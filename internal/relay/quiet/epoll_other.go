@@ -1,6 +1,6 @@
 //go:build !linux
 
-package park
+package quiet
 
 // Elsewhere legs keep their goroutine in Go's network poller.
 const supported = false

@@ -1,4 +1,4 @@
-// Package socket finds the socket under the wrappers Caddy puts around a
+// Under and TCP find the socket under the wrappers Caddy puts around a
 // connection, so that the relay can read it without a buffer while it
 // waits and park it in the epoll set. Only wrappers that hold no bytes of
 // their own at that point are looked through; any other is kept, and the
@@ -19,7 +19,8 @@
 //     read, long before an upgrade. Past that it reads the socket
 //     directly, and only its addresses differ, which the relay does not
 //     use (the request's RemoteAddr was taken from it).
-package socket
+
+package quiet
 
 import (
 	"net"

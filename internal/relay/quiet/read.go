@@ -1,5 +1,4 @@
-// Package lazyread reads a connection without holding a buffer while it
-// waits. A plain TCP connection is read through syscall.RawConn: the reader
+// Reader reads a connection without holding a buffer while it waits. A plain TCP connection is read through syscall.RawConn: the reader
 // waits in the network poller with no buffer, and a pooled one is taken
 // only for the read syscall that has bytes to return. A TLS connection over
 // TCP borrows a pooled buffer for each read, and can be read without
@@ -14,7 +13,8 @@
 // level-triggered epoll set, which reports such a socket at once. A Read
 // that waits in Go's edge-triggered poller would miss it, so it always
 // tries the socket first.)
-package lazyread
+
+package quiet
 
 import (
 	"crypto/tls"
@@ -25,8 +25,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/caddy-websocket/caddy-websocket/internal/socket"
 )
 
 // BufSize is the size of a pooled read buffer. Buffers are borrowed per
@@ -67,7 +65,7 @@ type Reader struct {
 func (r *Reader) Init(conn net.Conn) {
 	r.conn = conn
 	if tc, ok := conn.(*tls.Conn); ok {
-		if tcp, ok := socket.TCP(tc.NetConn()); ok {
+		if tcp, ok := TCP(tc.NetConn()); ok {
 			if raw, err := tcp.SyscallConn(); err == nil {
 				r.tls, r.raw = tc, raw
 				return
@@ -263,6 +261,3 @@ func (r *Reader) Release() {
 		r.slot = nil
 	}
 }
-
-// IsEOF reports whether err means the peer closed the connection.
-func IsEOF(err error) bool { return errors.Is(err, io.EOF) }
