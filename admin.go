@@ -90,11 +90,11 @@ func serveStatus(w http.ResponseWriter, r *http.Request, rest string) error {
 
 func findLive(id string) *connection {
 	var c *connection
-	eachHub(func(h *hub) {
+	if hb := currentHub(); hb != nil {
 		if c == nil {
-			c = h.get(id)
+			c = hb.get(id)
 		}
-	})
+	}
 	return c
 }
 
@@ -111,7 +111,9 @@ func (a AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 	}
 	after := r.URL.Query().Get("after")
 	var all []*connection
-	eachHub(func(h *hub) { all = append(all, h.snapshot()...) })
+	if hb := currentHub(); hb != nil {
+		all = append(all, hb.snapshot()...)
+	}
 	slices.SortFunc(all, func(a, b *connection) int { return strings.Compare(a.id, b.id) })
 	start, _ := slices.BinarySearchFunc(all, after, func(c *connection, id string) int {
 		if c.id <= id {
@@ -143,7 +145,9 @@ func (a AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 
 func anyDraining() bool {
 	d := false
-	eachHub(func(h *hub) { d = d || h.draining.Load() })
+	if hb := currentHub(); hb != nil {
+		d = d || hb.draining.Load()
+	}
 	return d
 }
 
@@ -189,7 +193,7 @@ type connView struct {
 	Started     string  `json:"started"`
 	AgeSeconds  float64 `json:"age_seconds"`
 	Subprotocol string  `json:"subprotocol,omitempty"`
-	Compression string  `json:"compression,omitempty"`
+	Extensions  string  `json:"extensions,omitempty"` // negotiated with the client (Sec-WebSocket-Extensions)
 	Reconnects  int     `json:"reconnects"`
 	ClientLeg   legView `json:"client_leg"`
 	BackendLeg  legView `json:"backend_leg"`
@@ -215,7 +219,7 @@ func (c *connection) view(now time.Time) connView {
 	v := connView{
 		ID: c.id, Mode: c.mode, Proto: c.proto, Route: c.path, Client: c.remote, Upstream: c.upstream(),
 		Started: c.start.UTC().Format(time.RFC3339), AgeSeconds: now.Sub(c.start).Seconds(),
-		Subprotocol: c.subprotocol, Compression: c.compression, Reconnects: st.Reconnects,
+		Subprotocol: c.subprotocol, Extensions: c.extensions, Reconnects: st.Reconnects,
 	}
 	var pol relay.PerSide[timeout.Policy]
 	pol.Client, pol.Backend = c.policies()
@@ -253,12 +257,12 @@ func learnedView() any {
 		Upstreams []upView  `json:"upstreams"`
 		Networks  []netView `json:"client_networks"`
 	}{Upstreams: []upView{}, Networks: []netView{}}
-	eachHub(func(h *hub) {
+	if hb := currentHub(); hb != nil {
 		open := map[string]int{}
-		for _, c := range h.snapshot() {
+		for _, c := range hb.snapshot() {
 			open[c.upstream()]++
 		}
-		for up, l := range h.upstreamLearners() {
+		for up, l := range hb.upstreamLearners() {
 			t, n := l.Learned()
 			out.Upstreams = append(out.Upstreams, upView{Upstream: up, IdleTimeoutSeconds: t.Seconds(), Drops: n, Open: open[up]})
 			delete(open, up)
@@ -266,13 +270,13 @@ func learnedView() any {
 		for up, n := range open {
 			out.Upstreams = append(out.Upstreams, upView{Upstream: up, Open: n})
 		}
-		h.networks.Each(func(p netip.Prefix, l *timeout.Learner) {
+		hb.networks.Each(func(p netip.Prefix, l *timeout.Learner) {
 			t, n := l.Learned()
 			out.Networks = append(out.Networks, netView{p.String(), t.Seconds(), n})
 		})
-	})
-	eachHub(func(h *hub) {
-		health := h.healthSnapshot()
+	}
+	if hb := currentHub(); hb != nil {
+		health := hb.healthSnapshot()
 		seen := map[string]bool{}
 		for i := range out.Upstreams {
 			u := &out.Upstreams[i]
@@ -287,7 +291,7 @@ func learnedView() any {
 				out.Upstreams = append(out.Upstreams, upView{Upstream: up, Healthy: !s.down, HealthReason: s.reason})
 			}
 		}
-	})
+	}
 	slices.SortFunc(out.Upstreams, func(a, b upView) int { return strings.Compare(a.Upstream, b.Upstream) })
 	slices.SortFunc(out.Networks, func(a, b netView) int { return strings.Compare(a.Network, b.Network) })
 	return out

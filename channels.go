@@ -33,16 +33,16 @@ func gripChannels(h http.Header) []string {
 }
 
 // subscribe adds c to a channel.
-func (h *hub) subscribe(c *connection, channel string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.conns[c.id] != c {
+func (hb *hub) subscribe(c *connection, channel string) {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	if hb.conns[c.id] != c {
 		return // already gone
 	}
-	subs := h.channels[channel]
+	subs := hb.channels[channel]
 	if subs == nil {
 		subs = make(map[string]*connection)
-		h.channels[channel] = subs
+		hb.channels[channel] = subs
 	}
 	subs[c.id] = c
 	if !slices.Contains(c.channels, channel) {
@@ -51,50 +51,50 @@ func (h *hub) subscribe(c *connection, channel string) {
 }
 
 // unsubscribe removes c from a channel.
-func (h *hub) unsubscribe(c *connection, channel string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.dropLocked(c, channel)
+func (hb *hub) unsubscribe(c *connection, channel string) {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.dropLocked(c, channel)
 	c.channels = slices.DeleteFunc(c.channels, func(s string) bool { return s == channel })
 }
 
-func (h *hub) dropLocked(c *connection, channel string) {
-	if subs := h.channels[channel]; subs != nil {
+func (hb *hub) dropLocked(c *connection, channel string) {
+	if subs := hb.channels[channel]; subs != nil {
 		delete(subs, c.id)
 		if len(subs) == 0 {
-			delete(h.channels, channel)
+			delete(hb.channels, channel)
 		}
 	}
 }
 
 // subscribers returns the connections of a channel, in id order (so that
 // a publish's order across them is stable).
-func (h *hub) subscribers(channel string) []*connection {
-	h.mu.Lock()
-	out := make([]*connection, 0, len(h.channels[channel]))
-	for _, c := range h.channels[channel] {
+func (hb *hub) subscribers(channel string) []*connection {
+	hb.mu.Lock()
+	out := make([]*connection, 0, len(hb.channels[channel]))
+	for _, c := range hb.channels[channel] {
 		out = append(out, c)
 	}
-	h.mu.Unlock()
+	hb.mu.Unlock()
 	slices.SortFunc(out, func(a, b *connection) int { return strings.Compare(a.id, b.id) })
 	return out
 }
 
 // channelCounts returns the subscribers of each channel.
-func (h *hub) channelCounts() map[string]int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make(map[string]int, len(h.channels))
-	for name, subs := range h.channels {
+func (hb *hub) channelCounts() map[string]int {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	out := make(map[string]int, len(hb.channels))
+	for name, subs := range hb.channels {
 		out[name] = len(subs)
 	}
 	return out
 }
 
 // unsubscribeAllLocked ends a finished connection's subscriptions.
-func (h *hub) unsubscribeAllLocked(c *connection) {
+func (hb *hub) unsubscribeAllLocked(c *connection) {
 	for _, ch := range c.channels {
-		h.dropLocked(c, ch)
+		hb.dropLocked(c, ch)
 	}
 	c.channels = nil
 }

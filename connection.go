@@ -28,7 +28,7 @@ type connection struct {
 	mode        string
 	proto       string // the client's HTTP protocol: h1, h2 or h3
 	subprotocol string
-	compression string
+	extensions string
 	relay       relayConn
 	owner       *Handler // the config whose policies it runs under
 	path        string
@@ -118,7 +118,7 @@ func (h *Handler) opened(c *connection) {
 		zap.String("path", c.path),
 		zap.String("upstream", c.upstream()),
 		zap.String("subprotocol", c.subprotocol),
-		zap.String("extensions", c.compression))
+		zap.String("extensions", c.extensions))
 }
 
 // closed unregisters a finished connection and logs it, once.

@@ -81,37 +81,37 @@ type hostHealth struct {
 }
 
 // health returns (and creates) the health record of an upstream.
-func (h *hub) health(raw string) *hostHealth {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	hh := h.hosts[raw]
+func (hb *hub) health(raw string) *hostHealth {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hh := hb.hosts[raw]
 	if hh == nil {
 		hh = &hostHealth{}
-		h.hosts[raw] = hh
+		hb.hosts[raw] = hh
 	}
 	return hh
 }
 
 // load returns the least_conn counter of an upstream.
-func (h *hub) load(raw string) *loadCounter {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	c := h.loads[raw]
+func (hb *hub) load(raw string) *loadCounter {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	c := hb.loads[raw]
 	if c == nil {
 		c = new(loadCounter)
-		h.loads[raw] = c
+		hb.loads[raw] = c
 	}
 	return c
 }
 
-// healthy reports whether the upstream may be picked under hd's passive
+// healthy reports whether the upstream may be picked under h's passive
 // policy and the active checks' verdict.
-func (hd *Handler) healthy(raw string) bool {
-	hh := hd.hub.health(raw)
+func (h *Handler) healthy(raw string) bool {
+	hh := h.hub.health(raw)
 	hh.mu.Lock()
 	defer hh.mu.Unlock()
 	down := hh.activeDown
-	if p := hd.passive(); p != nil {
+	if p := h.passive(); p != nil {
 		cut := time.Now().Add(-time.Duration(p.FailDuration))
 		i := 0
 		for i < len(hh.failTimes) && hh.failTimes[i].Before(cut) {
@@ -121,49 +121,49 @@ func (hd *Handler) healthy(raw string) bool {
 		down = down || len(hh.failTimes) >= max(p.MaxFails, 1)
 	}
 	if was := hh.down.Swap(down); was && !down {
-		hd.logger.Info("websocket upstream healthy again", zap.String("upstream", raw))
+		h.logger.Info("websocket upstream healthy again", zap.String("upstream", raw))
 	}
 	return !down
 }
 
-func (hd *Handler) passive() *PassiveHealthChecks {
-	if hd.HealthChecks == nil || hd.HealthChecks.Passive == nil || hd.HealthChecks.Passive.FailDuration <= 0 {
+func (h *Handler) passive() *PassiveHealthChecks {
+	if h.HealthChecks == nil || h.HealthChecks.Passive == nil || h.HealthChecks.Passive.FailDuration <= 0 {
 		return nil
 	}
-	return hd.HealthChecks.Passive
+	return h.HealthChecks.Passive
 }
 
 // failed counts a passive failure of an upstream.
-func (h *hub) failed(hd *Handler, u upstream, reason string) {
-	p := hd.passive()
+func (hb *hub) failed(h *Handler, u upstream, reason string) {
+	p := h.passive()
 	if p == nil {
 		return
 	}
-	hh := h.health(u.raw)
+	hh := hb.health(u.raw)
 	hh.mu.Lock()
 	hh.failTimes = append(hh.failTimes, time.Now())
 	hh.lastReason = reason
 	n := len(hh.failTimes)
 	hh.mu.Unlock()
 	if n == max(p.MaxFails, 1) && !hh.down.Swap(true) {
-		hd.logger.Warn("websocket upstream unhealthy", zap.String("upstream", u.raw), zap.String("check", "passive"),
+		h.logger.Warn("websocket upstream unhealthy", zap.String("upstream", u.raw), zap.String("check", "passive"),
 			zap.String("reason", reason), zap.Int("fails", n), zap.Duration("fail_duration", time.Duration(p.FailDuration)))
 	}
 }
 
 // unhealthyStatus reports whether a backend's answer counts as a failure.
-func (hd *Handler) unhealthyStatus(status int) bool {
-	p := hd.passive()
+func (h *Handler) unhealthyStatus(status int) bool {
+	p := h.passive()
 	return p != nil && slices.Contains(p.UnhealthyStatus, status)
 }
 
 // startActiveChecks runs the active checks of a provisioned handler until
 // its config is unloaded.
-func (hd *Handler) startActiveChecks(ctx caddy.Context) {
-	if hd.HealthChecks == nil || hd.HealthChecks.Active == nil {
+func (h *Handler) startActiveChecks(ctx caddy.Context) {
+	if h.HealthChecks == nil || h.HealthChecks.Active == nil {
 		return
 	}
-	a := hd.HealthChecks.Active
+	a := h.HealthChecks.Active
 	interval := time.Duration(a.Interval)
 	if interval <= 0 {
 		interval = 30 * time.Second
@@ -172,8 +172,8 @@ func (hd *Handler) startActiveChecks(ctx caddy.Context) {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
-			for _, u := range hd.pool.static {
-				hd.activeCheck(ctx, u)
+			for _, u := range h.pool.static {
+				h.activeCheck(ctx, u)
 			}
 			select {
 			case <-ctx.Done():
@@ -185,10 +185,10 @@ func (hd *Handler) startActiveChecks(ctx caddy.Context) {
 }
 
 // activeCheck checks one upstream and records the verdict.
-func (hd *Handler) activeCheck(ctx context.Context, u upstream) {
-	a := hd.HealthChecks.Active
-	err := hd.probeHealth(ctx, u)
-	hh := hd.hub.health(u.raw)
+func (h *Handler) activeCheck(ctx context.Context, u upstream) {
+	a := h.HealthChecks.Active
+	err := h.checkHealth(ctx, u)
+	hh := h.hub.health(u.raw)
 	hh.mu.Lock()
 	var changed, nowDown bool
 	if err == nil {
@@ -209,17 +209,17 @@ func (hd *Handler) activeCheck(ctx context.Context, u upstream) {
 	switch {
 	case changed && nowDown:
 		hh.down.Store(true)
-		hd.logger.Warn("websocket upstream unhealthy", zap.String("upstream", u.raw), zap.String("check", "active"), zap.Error(err))
+		h.logger.Warn("websocket upstream unhealthy", zap.String("upstream", u.raw), zap.String("check", "active"), zap.Error(err))
 	case changed:
-		hd.healthy(u.raw) // logs the recovery unless passive failures still count
+		h.healthy(u.raw) // logs the recovery unless passive failures still count
 	}
 }
 
-// probeHealth is one active check: the same dial path as a connection
+// checkHealth is one active check: the same dial path as a connection
 // (TLS included), an upgrade to the check's URI, a Ping answered by a
 // Pong, a Close.
-func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
-	a := hd.HealthChecks.Active
+func (h *Handler) checkHealth(ctx context.Context, u upstream) error {
+	a := h.HealthChecks.Active
 	timeout := time.Duration(a.Timeout)
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -230,16 +230,16 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 	if uri == "" {
 		uri = "/"
 	}
-	if hd.Mode == "http" {
-		return hd.probeHealthOverHTTP(ctx, u, uri, timeout)
+	if h.Mode == "http" {
+		return h.checkHealthOverHTTP(ctx, u, uri, timeout)
 	}
-	conn, err := hd.dialOne(ctx, u)
+	conn, err := h.dialOne(ctx, u)
 	if err != nil {
 		return fmt.Errorf("dial: %s", dialReason(err))
 	}
 	req, key := gatewayRequest(u, uri, HealthCheckHeader)
 	hs := &handshake{key: key, up: u}
-	if rf := hd.handshakeWith(ctx, hs, conn, req); rf != nil {
+	if rf := h.handshakeWith(ctx, hs, conn, req); rf != nil {
 		return fmt.Errorf("handshake: %s", rf.reason)
 	}
 	conn, br := hs.backend, hs.br
@@ -280,12 +280,12 @@ func (hd *Handler) probeHealth(ctx context.Context, u upstream) error {
 	}
 }
 
-// probeHealthOverHTTP is mode http's active check: an OPEN through the
+// checkHealthOverHTTP is mode http's active check: an OPEN through the
 // connections' own client, marked with HealthCheckHeader, that the
 // backend must accept; a DISCONNECT then lets it forget the check.
-func (hd *Handler) probeHealthOverHTTP(ctx context.Context, u upstream, uri string, timeout time.Duration) error {
+func (h *Handler) checkHealthOverHTTP(ctx context.Context, u upstream, uri string, timeout time.Duration) error {
 	hs := &handshake{id: "health-check-" + newID(), uri: uri, host: u.host(), hdr: http.Header{HealthCheckHeader: {"1"}}}
-	cfg := hd.sessionConfig(hs, u)
+	cfg := h.sessionConfig(hs, u)
 	cfg.Timeout, cfg.OnError = timeout, nil
 	s, res, body, err := overhttp.Connect(ctx, cfg)
 	if err != nil {
@@ -309,13 +309,13 @@ type healthState struct {
 }
 
 // healthSnapshot returns the health of every upstream seen.
-func (h *hub) healthSnapshot() map[string]healthState {
-	h.mu.Lock()
-	hosts := make(map[string]*hostHealth, len(h.hosts))
-	for k, v := range h.hosts {
+func (hb *hub) healthSnapshot() map[string]healthState {
+	hb.mu.Lock()
+	hosts := make(map[string]*hostHealth, len(hb.hosts))
+	for k, v := range hb.hosts {
 		hosts[k] = v
 	}
-	h.mu.Unlock()
+	hb.mu.Unlock()
 	out := make(map[string]healthState, len(hosts))
 	for k, hh := range hosts {
 		hh.mu.Lock()

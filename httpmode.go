@@ -132,7 +132,7 @@ func (h *Handler) sessionConfig(hs *handshake, u upstream) overhttp.Config {
 		host = unixHost(u.addr)
 	}
 	return overhttp.Config{
-		Client:     h.events,
+		Client:     h.httpClient,
 		URL:        scheme + "://" + host + hs.uri,
 		Host:       hs.host,
 		Header:     hs.hdr,
@@ -147,9 +147,9 @@ func (h *Handler) sessionConfig(hs *handshake, u upstream) overhttp.Config {
 	}
 }
 
-// eventsClient is the HTTP client of mode http: the module's dial and TLS
+// newHTTPClient is the HTTP client of mode http: the module's dial and TLS
 // settings, connections kept alive between a connection's requests.
-func (h *Handler) eventsClient() *http.Client {
+func (h *Handler) newHTTPClient() *http.Client {
 	dialTimeout := time.Duration(h.DialTimeout)
 	if dialTimeout <= 0 {
 		dialTimeout = DefaultDialTimeout
@@ -209,17 +209,17 @@ func unixPath(addr string) (string, bool) {
 	return string(b), err == nil
 }
 
-func (m httpMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+func (m httpMode) newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
 	c.subprotocol = hs.subprotocol
 	if hs.deflate {
-		c.compression = "permessage-deflate"
+		c.extensions = "permessage-deflate"
 	}
 	s := hs.session
 	if g, ok := s.Grip(); ok {
 		h.logger.Debug("websocket backend speaks GRIP", zap.String("id", c.id), zap.String("message_prefix", g.Prefix))
 	}
 	s.OnControl(func(ctl overhttp.Control) { h.control(c, ctl) })
-	conn := terminate.NewUpstream(client, s, terminate.Config{
+	conn := terminate.NewMessageBackend(client, s, terminate.Config{
 		Client:         hs.pol.Client,
 		MaxMessageSize: h.MaxMessageSize,
 		MaxMessageRate: h.MaxMessageRate,
@@ -228,17 +228,17 @@ func (m httpMode) relay(h *Handler, c *connection, hs *handshake, client net.Con
 		OnDrop:         h.learnFrom(c),
 		OnPong:         observeRTT,
 	})
-	return &httpRelay{Conn: conn, session: s}
+	return &httpModeConn{Conn: conn, session: s}
 }
 
-// httpRelay is a mode http connection: the events that came with OPEN's
+// httpModeConn is a mode http connection: the events that came with OPEN's
 // answer go to the client once the relay runs.
-type httpRelay struct {
+type httpModeConn struct {
 	*terminate.Conn
 	session *overhttp.Session
 }
 
-func (r *httpRelay) Start(fromClient, _ []byte) {
+func (r *httpModeConn) Start(fromClient, _ []byte) {
 	r.Conn.Start(fromClient, nil)
 	r.session.Start(r.Conn)
 }

@@ -86,72 +86,72 @@ func newID() string {
 // reserve counts a new connection from ip against the limits (0: none)
 // before its handshake starts; release undoes it if the upgrade fails, and
 // remove when the connection ends.
-func (h *hub) reserve(ip netip.Addr, maxTotal, maxPerIP int) (release func(), _ *refusal) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if maxTotal > 0 && h.total >= maxTotal {
+func (hb *hub) reserve(ip netip.Addr, maxTotal, maxPerIP int) (release func(), _ *refusal) {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	if maxTotal > 0 && hb.total >= maxTotal {
 		return nil, &refusal{status: http.StatusServiceUnavailable, code: "max_connections",
 			reason: fmt.Sprintf("too many WebSocket connections (limit %d); try again later", maxTotal)}
 	}
-	if maxPerIP > 0 && h.perIP[ip] >= maxPerIP {
+	if maxPerIP > 0 && hb.perIP[ip] >= maxPerIP {
 		return nil, &refusal{status: http.StatusServiceUnavailable, code: "max_connections_per_ip",
 			reason: fmt.Sprintf("too many WebSocket connections from %s (limit %d); try again later", ip, maxPerIP)}
 	}
-	h.total++
-	h.perIP[ip]++
-	return func() { h.release(ip) }, nil
+	hb.total++
+	hb.perIP[ip]++
+	return func() { hb.release(ip) }, nil
 }
 
-func (h *hub) release(ip netip.Addr) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.total--
-	if h.perIP[ip]--; h.perIP[ip] <= 0 {
-		delete(h.perIP, ip)
+func (hb *hub) release(ip netip.Addr) {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.total--
+	if hb.perIP[ip]--; hb.perIP[ip] <= 0 {
+		delete(hb.perIP, ip)
 	}
 }
 
 // add registers a connection under its id.
-func (h *hub) add(c *connection) {
-	h.mu.Lock()
-	h.conns[c.id] = c
-	h.mu.Unlock()
+func (hb *hub) add(c *connection) {
+	hb.mu.Lock()
+	hb.conns[c.id] = c
+	hb.mu.Unlock()
 }
 
 // get returns a live connection by id.
-func (h *hub) get(id string) *connection {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.conns[id]
+func (hb *hub) get(id string) *connection {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	return hb.conns[id]
 }
 
 // snapshot returns the live connections. Only the pointers are copied
 // under the lock; callers read each connection's state without it.
-func (h *hub) snapshot() []*connection {
-	h.mu.Lock()
-	out := make([]*connection, 0, len(h.conns))
-	for _, c := range h.conns {
+func (hb *hub) snapshot() []*connection {
+	hb.mu.Lock()
+	out := make([]*connection, 0, len(hb.conns))
+	for _, c := range hb.conns {
 		out = append(out, c)
 	}
-	h.mu.Unlock()
+	hb.mu.Unlock()
 	return out
 }
 
 // upstreamLearners returns a copy of the upstream → learner map, so callers
 // read the learners without the hub's lock.
-func (h *hub) upstreamLearners() map[string]*timeout.Learner {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	ls := make(map[string]*timeout.Learner, len(h.learners))
-	for k, l := range h.learners {
+func (hb *hub) upstreamLearners() map[string]*timeout.Learner {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	ls := make(map[string]*timeout.Learner, len(hb.learners))
+	for k, l := range hb.learners {
 		ls[k] = l
 	}
 	return ls
 }
 
 // learnedTimeouts returns what was learned per upstream.
-func (h *hub) learnedTimeouts() map[string]time.Duration {
-	ls := h.upstreamLearners()
+func (hb *hub) learnedTimeouts() map[string]time.Duration {
+	ls := hb.upstreamLearners()
 	out := make(map[string]time.Duration, len(ls))
 	for k, l := range ls {
 		if t, _ := l.Learned(); t > 0 {
@@ -161,86 +161,90 @@ func (h *hub) learnedTimeouts() map[string]time.Duration {
 	return out
 }
 
-// eachHub calls f with the process's hub, if there is one.
-func eachHub(f func(*hub)) {
+// currentHub returns the process's hub, or nil while no config with a
+// websocket handler is loaded (the admin API and metrics then have nothing
+// to show).
+func currentHub() *hub {
+	var hb *hub
 	hubs.Range(func(_, v any) bool {
-		f(v.(*hub))
-		return true
+		hb = v.(*hub)
+		return false
 	})
+	return hb
 }
 
-func (h *hub) remove(id string) {
-	h.mu.Lock()
-	c := h.conns[id]
-	delete(h.conns, id)
+func (hb *hub) remove(id string) {
+	hb.mu.Lock()
+	c := hb.conns[id]
+	delete(hb.conns, id)
 	if c != nil {
-		h.unsubscribeAllLocked(c)
+		hb.unsubscribeAllLocked(c)
 	}
-	h.mu.Unlock()
+	hb.mu.Unlock()
 	if c == nil {
 		return
 	}
-	h.release(c.reservedIP)
+	hb.release(c.reservedIP)
 	if c.lifetime != nil {
 		c.lifetime.Stop()
 	}
 }
 
 // learner returns the idle-timeout learner of a backend address.
-func (h *hub) learner(upstream string) *timeout.Learner {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	l := h.learners[upstream]
+func (hb *hub) learner(upstream string) *timeout.Learner {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	l := hb.learners[upstream]
 	if l == nil {
 		l = &timeout.Learner{}
-		h.learners[upstream] = l
+		hb.learners[upstream] = l
 	}
 	return l
 }
 
 // ownerOf returns the handler whose config a connection runs under.
-func (h *hub) ownerOf(c *connection) *Handler {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+func (hb *hub) ownerOf(c *connection) *Handler {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
 	return c.owner
 }
 
 // register notes a newly provisioned handler: connections of a retiring
 // config may move to it.
-func (h *hub) register(hd *Handler) {
-	h.mu.Lock()
-	h.handlers = append(h.handlers, hd)
+func (hb *hub) register(h *Handler) {
+	hb.mu.Lock()
+	hb.handlers = append(hb.handlers, h)
 	// The newest config's window is the one a stop drains over.
-	h.drainWindow = hd.DrainWindow.or(DefaultDrainWindow)
-	h.mu.Unlock()
+	hb.drainWindow = h.DrainWindow.or(DefaultDrainWindow)
+	hb.mu.Unlock()
 }
 
 // retire moves the connections of a handler being cleaned up to the newest
 // handler that serves the same upstream in the same mode, under its
 // policies; the others are closed with 1012 after the reload delay. On a
 // Caddy stop there is no successor, and Destruct closes everything first.
-func (h *hub) retire(hd *Handler) {
-	h.mu.Lock()
-	h.handlers = slices.DeleteFunc(h.handlers, func(x *Handler) bool { return x == hd })
+func (hb *hub) retire(h *Handler) {
+	hb.mu.Lock()
+	hb.handlers = slices.DeleteFunc(hb.handlers, func(x *Handler) bool { return x == h })
 	var moved, orphaned []*connection
 	var reasons []string
-	for _, c := range h.conns {
-		if c.owner != hd {
+	for _, c := range hb.conns {
+		if c.owner != h {
 			continue
 		}
-		if s := h.successorLocked(c); s != nil {
+		if s := hb.successorLocked(c); s != nil {
 			c.owner = s
 			moved = append(moved, c)
 		} else {
 			orphaned = append(orphaned, c)
-			reasons = append(reasons, h.orphanReasonLocked(c))
+			reasons = append(reasons, hb.orphanReasonLocked(c))
 		}
 	}
-	h.mu.Unlock()
+	hb.mu.Unlock()
 	for _, c := range moved {
 		c.relay.SetPolicy(c.policies())
 	}
-	delay := time.Duration(hd.ReloadCloseDelay)
+	delay := time.Duration(h.ReloadCloseDelay)
 	if delay <= 0 {
 		delay = DefaultReloadCloseDelay
 	}
@@ -251,7 +255,7 @@ func (h *hub) retire(hd *Handler) {
 		})
 	}
 	if len(moved)+len(orphaned) > 0 {
-		hd.logger.Info("websocket connections handed over on reload",
+		h.logger.Info("websocket connections handed over on reload",
 			zap.Int("kept", len(moved)), zap.Int("closing", len(orphaned)), zap.Duration("close_delay", delay))
 	}
 }
@@ -259,9 +263,9 @@ func (h *hub) retire(hd *Handler) {
 // orphanReasonLocked is the Close reason of a connection that no handler
 // of the new config takes: its upstream is gone, or served in another mode
 // (a connection can't change mode: the handshake is done).
-func (h *hub) orphanReasonLocked(c *connection) string {
-	for i := len(h.handlers) - 1; i >= 0; i-- {
-		if s := h.handlers[i]; s.hasUpstream(c.upstream()) {
+func (hb *hub) orphanReasonLocked(c *connection) string {
+	for i := len(hb.handlers) - 1; i >= 0; i-- {
+		if s := hb.handlers[i]; s.hasUpstream(c.upstream()) {
 			return "upstream now served in " + s.mode().name() + " mode; reconnect"
 		}
 	}
@@ -270,9 +274,9 @@ func (h *hub) orphanReasonLocked(c *connection) string {
 
 // successorLocked is the newest handler that serves c's upstream in c's
 // mode; the caller holds h.mu.
-func (h *hub) successorLocked(c *connection) *Handler {
-	for i := len(h.handlers) - 1; i >= 0; i-- {
-		s := h.handlers[i]
+func (hb *hub) successorLocked(c *connection) *Handler {
+	for i := len(hb.handlers) - 1; i >= 0; i-- {
+		s := hb.handlers[i]
 		if s.mode().name() == c.mode && s.hasUpstream(c.upstream()) {
 			return s
 		}
@@ -282,15 +286,15 @@ func (h *hub) successorLocked(c *connection) *Handler {
 
 // refreshPolicies re-applies the owners' policies (with what was learned)
 // to the connections match selects.
-func (h *hub) refreshPolicies(match func(*connection) bool) {
-	h.mu.Lock()
+func (hb *hub) refreshPolicies(match func(*connection) bool) {
+	hb.mu.Lock()
 	var sel []*connection
-	for _, c := range h.conns {
+	for _, c := range hb.conns {
 		if match(c) {
 			sel = append(sel, c)
 		}
 	}
-	h.mu.Unlock()
+	hb.mu.Unlock()
 	for _, c := range sel {
 		c.relay.SetPolicy(c.policies())
 	}
@@ -315,16 +319,16 @@ func jitter(d time.Duration, lo, hi float64) time.Duration {
 // clients' reconnects reach the remaining instances spread out too, not in
 // one burst; Destruct returns once they are all closed (or the window and
 // a close grace period are over), within Caddy's own shutdown.
-func (h *hub) Destruct() error {
-	h.stopSharing()
-	h.mu.Lock()
-	all := make([]*connection, 0, len(h.conns))
-	for _, c := range h.conns {
+func (hb *hub) Destruct() error {
+	hb.stopSharing()
+	hb.mu.Lock()
+	all := make([]*connection, 0, len(hb.conns))
+	for _, c := range hb.conns {
 		all = append(all, c)
 	}
-	window := h.drainWindow
-	h.draining.Store(true)
-	h.mu.Unlock()
+	window := hb.drainWindow
+	hb.draining.Store(true)
+	hb.mu.Unlock()
 	if window <= 0 || len(all) < 2 {
 		for _, c := range all {
 			c.relay.Close(frame.CloseGoingAway, "server shutting down")
@@ -350,9 +354,9 @@ func (h *hub) Destruct() error {
 	}
 	// Give the last ones their closing handshake.
 	for end := time.Now().Add(DefaultCloseGrace); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		h.mu.Lock()
-		n := len(h.conns)
-		h.mu.Unlock()
+		hb.mu.Lock()
+		n := len(hb.conns)
+		hb.mu.Unlock()
 		if n == 0 {
 			break
 		}

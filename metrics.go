@@ -158,27 +158,27 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 		pings[i] = closedTotals.pings[i].Load()
 	}
 	learned := map[string]float64{}
-	eachHub(func(h *hub) {
-		for _, c := range h.snapshot() {
+	if hb := currentHub(); hb != nil {
+		for _, c := range hb.snapshot() {
 			open[key{c.mode, c.upstream(), c.proto}]++
 			st := c.relay.Stats()
-			for i, l := range []relay.LegStats{st.Legs.Client, st.Legs.Backend} {
+			for i, l := range []relay.LegView{st.Legs.Client, st.Legs.Backend} {
 				bytes[i] += l.Bytes
 				messages[i] += l.Messages
 				pings[i] += l.Pings
 			}
 		}
-		for up, s := range h.healthSnapshot() {
+		for up, s := range hb.healthSnapshot() {
 			v := 1.0
 			if s.down {
 				v = 0
 			}
 			ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, v, up)
 		}
-		for up, l := range h.learnedTimeouts() {
+		for up, l := range hb.learnedTimeouts() {
 			learned[up] = l.Seconds()
 		}
-	})
+	}
 	for k, n := range open {
 		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(n), k.mode, k.upstream, k.proto)
 	}

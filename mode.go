@@ -32,9 +32,9 @@ type mode interface {
 	open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal
 	// answer checks the backend's 101 and sets the client's 101 headers.
 	answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal
-	// relay builds the connection's relay over the hijacked client
+	// newRelay builds the connection's newRelay over the hijacked client
 	// connection and the backend's; nothing moves until its Start.
-	relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn
+	newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn
 }
 
 func (h *Handler) mode() mode {
@@ -106,9 +106,9 @@ func dropUpgradeHeaders(h http.Header) {
 	h.Del("Sec-WebSocket-Accept")
 }
 
-func (tunnelMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+func (tunnelMode) newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
 	c.subprotocol = hs.res.Header.Get("Sec-WebSocket-Protocol")
-	c.compression = hs.res.Header.Get("Sec-WebSocket-Extensions")
+	c.extensions = hs.res.Header.Get("Sec-WebSocket-Extensions")
 	return tunnel.New(client, hs.backend, tunnel.Config{
 		Client:  hs.pol.Client,
 		Backend: hs.pol.Backend,
@@ -186,7 +186,7 @@ func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http
 	return nil
 }
 
-func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
 	// What answer put in the client's 101 is what the relay speaks.
 	c.subprotocol = hs.subprotocol
 	side := h.Backend
@@ -216,7 +216,7 @@ func (terminateMode) relay(h *Handler, c *connection, hs *handshake, client net.
 		},
 	}
 	if hs.deflate {
-		c.compression = "permessage-deflate"
+		c.extensions = "permessage-deflate"
 	}
 	if cfg.Reconnect {
 		redial, moved := h.redialer(c, hs, c.subprotocol)

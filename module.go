@@ -63,12 +63,13 @@ const (
 // one-line plain-text reason (400, 403, or 426 for an unsupported version)
 // and logged. An accepted one is sent to a backend; the backend's 101 is
 // checked and passed on, any other answer is relayed to the client as it
-// came. Then the handler returns, leaving the connection to the tunnel.
+// came. Then the handler returns, leaving the connection to the relay of
+// its mode.
 type Handler struct {
 	// To lists the backends, as host:port, ws://host[:port],
-	// wss://host[:port] (TLS) or unix//path. They are tried in order (see
-	// LBPolicy); a backend that cannot be dialled within DialTimeout is
-	// skipped. Required.
+	// wss://host[:port] (TLS) or unix//path, picked by LoadBalancing's
+	// selection policy; a backend that cannot be dialled within
+	// DialTimeout is skipped. Required, unless DynamicUpstreamsRaw is set.
 	To []string `json:"to,omitempty"`
 
 	// TLS configures the connections to backends over TLS, with the field
@@ -88,7 +89,7 @@ type Handler struct {
 	// and relays messages to the backend over a connection of its own:
 	// every client frame is validated, permessage-deflate is spoken on the
 	// client leg only, and the backend may restart under a connected
-	// client (see Side.OnClose). "http" terminates the client's WebSocket
+	// client (see LegConfig.OnClose). "http" terminates the client's WebSocket
 	// the same way and talks to a plain HTTP backend in Pushpin's
 	// WebSocket-over-HTTP protocol: each batch of client messages is a POST
 	// of application/websocket-events to http(s)://upstream + the client's
@@ -136,10 +137,6 @@ type Handler struct {
 
 	// HealthChecks marks upstreams down and up. Default: none.
 	HealthChecks *HealthChecks `json:"health_checks,omitempty"`
-
-	// LBPolicy is a selection policy by name, without options, as earlier
-	// versions wrote it; LoadBalancing takes precedence. Deprecated.
-	LBPolicy string `json:"lb_policy,omitempty"`
 
 	// DialTimeout bounds the TCP connect to one backend. Default 5s.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
@@ -202,14 +199,14 @@ type Handler struct {
 	// Backend is the idle-timeout policy of the backend leg.
 	Backend *LegConfig `json:"backend,omitempty"`
 
-	origins   upgrade.Origins
-	pool      upstreamPool
-	tlsConfig *tls.Config  // for TLS upstreams
-	events    *http.Client // mode http: the backend's requests
-	policy    relay.PerSide[timeout.Policy]
-	hub       *hub
-	holdsHub  bool // Provision took a hold on the hub that Cleanup must release
-	logger    *zap.Logger
+	origins    upgrade.Origins
+	pool       upstreamPool
+	tlsConfig  *tls.Config  // for TLS upstreams
+	httpClient *http.Client // mode http: the backend's requests
+	policy     relay.PerSide[timeout.Policy]
+	hub        *hub
+	holdsHub   bool // Provision took a hold on the hub that Cleanup must release
+	logger     *zap.Logger
 }
 
 // LegConfig is the idle-timeout policy of one leg of a connection, and
@@ -374,7 +371,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.tlsConfig.NextProtos = []string{"http/1.1"}
 	}
 	if h.Mode == "http" {
-		h.events = h.eventsClient()
+		h.httpClient = h.newHTTPClient()
 	}
 	h.policy.Client = h.Client.policy()
 	h.policy.Backend = h.Backend.policy()
@@ -384,7 +381,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.holdsHub = true
 	h.hub.register(h)
 	if h.Backend.auto() || h.Client.auto() {
-		h.hub.share(ctx.Storage(), h.logger)
+		h.hub.startSharing(ctx.Storage(), h.logger)
 	}
 	h.startActiveChecks(ctx)
 	h.probeUpstreams()

@@ -97,7 +97,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
-		h.hub.publish("upstream", up, t, n)
+		h.hub.share("upstream", up, t, n)
 		h.hub.refreshPolicies(func(o *connection) bool { return o.upstream() == up })
 	case relay.Client:
 		if !h.Client.auto() || !c.clientIP.IsValid() {
@@ -115,7 +115,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 			zap.Duration("idle_timeout", t),
 			zap.Int("drops_seen", n),
 			zap.Duration("keepalive", l.Interval(b.min, b.max)))
-		h.hub.publish("network", network.String(), t, n)
+		h.hub.share("network", network.String(), t, n)
 		h.hub.refreshPolicies(func(o *connection) bool { return o.clientIP.IsValid() && network.Contains(o.clientIP) })
 	}
 }

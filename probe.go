@@ -43,10 +43,10 @@ const (
 // (the users must stay inside what the probe, silent longest, has proven),
 // or it ended without a result. Scheduling them at keepalive_max then
 // would be less safe than not probing at all.
-func (h *hub) unproven(raw string) bool {
-	h.probes.mu.Lock()
-	defer h.probes.mu.Unlock()
-	st := h.probes.state[raw]
+func (hb *hub) unproven(raw string) bool {
+	hb.probes.mu.Lock()
+	defer hb.probes.mu.Unlock()
+	st := hb.probes.state[raw]
 	return st == probeRunning || st == probeUnproven
 }
 
@@ -56,26 +56,26 @@ func (h *hub) unproven(raw string) bool {
 // one spare connection per upstream for up to keepalive_max, which sends
 // nothing; meanwhile the upstream's user connections ping it every
 // keepalive_min.
-func (hd *Handler) probeUpstreams() {
-	if !hd.Backend.auto() || hd.Backend.Discover != "probe" {
+func (h *Handler) probeUpstreams() {
+	if !h.Backend.auto() || h.Backend.Discover != "probe" {
 		return
 	}
-	for _, u := range hd.pool.static {
-		if t, _ := hd.hub.learner(u.raw).Learned(); t > 0 {
+	for _, u := range h.pool.static {
+		if t, _ := h.hub.learner(u.raw).Learned(); t > 0 {
 			continue
 		}
-		hd.hub.probes.mu.Lock()
-		if hd.hub.probes.state == nil {
-			hd.hub.probes.state = map[string]probeState{}
+		h.hub.probes.mu.Lock()
+		if h.hub.probes.state == nil {
+			h.hub.probes.state = map[string]probeState{}
 		}
-		st := hd.hub.probes.state[u.raw]
+		st := h.hub.probes.state[u.raw]
 		start := st == 0 || st == probeUnproven
 		if start {
-			hd.hub.probes.state[u.raw] = probeRunning
+			h.hub.probes.state[u.raw] = probeRunning
 		}
-		hd.hub.probes.mu.Unlock()
+		h.hub.probes.mu.Unlock()
 		if start {
-			go hd.probe(u)
+			go h.probe(u)
 		}
 	}
 }
@@ -83,39 +83,39 @@ func (hd *Handler) probeUpstreams() {
 // probe opens a spare WebSocket to u through the same dial path as a user
 // connection, stays silent, and measures how long the backend tolerates
 // it.
-func (hd *Handler) probe(u upstream) {
-	b := hd.Backend.bounds()
-	l := hd.hub.learner(u.raw)
+func (h *Handler) probe(u upstream) {
+	b := h.Backend.bounds()
+	l := h.hub.learner(u.raw)
 	proven := false
-	log := hd.logger.With(zap.String("upstream", u.raw))
+	log := h.logger.With(zap.String("upstream", u.raw))
 	defer func() {
 		st := probeUnproven
 		if t, _ := l.Learned(); proven || t > 0 {
 			st = probeProven
 		}
-		hd.hub.probes.mu.Lock()
-		hd.hub.probes.state[u.raw] = st
-		hd.hub.probes.mu.Unlock()
+		h.hub.probes.mu.Lock()
+		h.hub.probes.state[u.raw] = st
+		h.hub.probes.mu.Unlock()
 		if st == probeUnproven {
 			log.Warn("websocket probe ended without a result; users ping every keepalive_min until a timeout is learned",
 				zap.Duration("keepalive", b.min))
 		}
-		hd.hub.refreshPolicies(func(o *connection) bool { return o.upstream() == u.raw })
+		h.hub.refreshPolicies(func(o *connection) bool { return o.upstream() == u.raw })
 	}()
 	ctx := context.Background()
-	conn, err := hd.dialOne(ctx, u)
+	conn, err := h.dialOne(ctx, u)
 	if err != nil {
 		log.Warn("websocket probe could not dial", zap.Error(err))
 		return
 	}
 	defer conn.Close()
-	uri := hd.Backend.ProbeURI
+	uri := h.Backend.ProbeURI
 	if uri == "" {
 		uri = "/"
 	}
 	req, key := gatewayRequest(u, uri, ProbeHeader)
 	hs := &handshake{key: key, up: u}
-	if rf := hd.handshakeWith(ctx, hs, conn, req); rf != nil {
+	if rf := h.handshakeWith(ctx, hs, conn, req); rf != nil {
 		log.Warn("websocket probe refused", zap.String("reason", rf.reason))
 		return
 	}
@@ -152,7 +152,7 @@ func (hd *Handler) probe(u upstream) {
 	log.Info("websocket probe learned backend idle timeout", append(fields,
 		zap.String("counts", string(rule)), zap.Duration("idle_timeout", lt),
 		zap.Int("drops_seen", n), zap.Duration("keepalive", l.Interval(b.min, b.max)))...)
-	hd.hub.publish("upstream", u.raw, lt, n)
+	h.hub.share("upstream", u.raw, lt, n)
 }
 
 // watchUntilDropped reads (and drops) the frames the backend sends the

@@ -144,7 +144,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 
 	c := h.newConnection(r, hs.id, hs.up)
 	c.release = hs.release
-	c.relay = m.relay(h, c, hs, client)
+	c.relay = m.newRelay(h, c, hs, client)
 	relaying = true
 	h.opened(c)
 	for _, ch := range hs.channels {

@@ -59,27 +59,27 @@ func sharedKey(kind, key string) string {
 	return sharedPrefix + "/" + kind + "/" + base64.RawURLEncoding.EncodeToString([]byte(key)) + ".json"
 }
 
-// share starts sharing through the newest config's storage: a first merge
+// startSharing starts sharing through the newest config's storage: a first merge
 // now (bounded, so a slow storage cannot hold up provisioning for long),
 // then one every sharedSync.
-func (h *hub) share(st certmagic.Storage, logger *zap.Logger) {
+func (hb *hub) startSharing(st certmagic.Storage, logger *zap.Logger) {
 	if st == nil {
 		return
 	}
-	h.sharing.mu.Lock()
-	h.sharing.storage, h.sharing.logger = st, logger
-	start := !h.sharing.started
-	h.sharing.started = true
+	hb.sharing.mu.Lock()
+	hb.sharing.storage, hb.sharing.logger = st, logger
+	start := !hb.sharing.started
+	hb.sharing.started = true
 	if start {
-		h.sharing.stop = make(chan struct{})
+		hb.sharing.stop = make(chan struct{})
 	}
-	stop := h.sharing.stop
-	h.sharing.mu.Unlock()
+	stop := hb.sharing.stop
+	hb.sharing.mu.Unlock()
 	if !start {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	h.mergeShared(ctx)
+	hb.mergeShared(ctx)
 	cancel()
 	go func() {
 		t := time.NewTicker(sharedSync)
@@ -90,32 +90,32 @@ func (h *hub) share(st certmagic.Storage, logger *zap.Logger) {
 				return
 			case <-t.C:
 				ctx, cancel := context.WithTimeout(context.Background(), sharedSync)
-				h.mergeShared(ctx)
+				hb.mergeShared(ctx)
 				cancel()
 			}
 		}
 	}()
 }
 
-func (h *hub) stopSharing() {
-	h.sharing.mu.Lock()
-	defer h.sharing.mu.Unlock()
-	if h.sharing.started {
-		close(h.sharing.stop)
-		h.sharing.started = false
+func (hb *hub) stopSharing() {
+	hb.sharing.mu.Lock()
+	defer hb.sharing.mu.Unlock()
+	if hb.sharing.started {
+		close(hb.sharing.stop)
+		hb.sharing.started = false
 	}
 }
 
-func (h *hub) sharedStorage() (certmagic.Storage, *zap.Logger) {
-	h.sharing.mu.Lock()
-	defer h.sharing.mu.Unlock()
-	return h.sharing.storage, h.sharing.logger
+func (hb *hub) sharedStorage() (certmagic.Storage, *zap.Logger) {
+	hb.sharing.mu.Lock()
+	defer hb.sharing.mu.Unlock()
+	return hb.sharing.storage, hb.sharing.logger
 }
 
 // mergeShared reads every stored value and takes those not expired into
 // the learners; connections whose keepalive gets shorter get it at once.
-func (h *hub) mergeShared(ctx context.Context) {
-	st, logger := h.sharedStorage()
+func (hb *hub) mergeShared(ctx context.Context) {
+	st, logger := hb.sharedStorage()
 	if st == nil {
 		return
 	}
@@ -138,7 +138,7 @@ func (h *hub) mergeShared(ctx context.Context) {
 		}
 		switch v.Kind {
 		case "upstream":
-			if h.learner(v.Key).Merge(v.IdleTimeout) {
+			if hb.learner(v.Key).Merge(v.IdleTimeout) {
 				changed = true
 				logger.Info("websocket took a shared backend idle timeout",
 					zap.String("upstream", v.Key), zap.Duration("idle_timeout", v.IdleTimeout),
@@ -146,7 +146,7 @@ func (h *hub) mergeShared(ctx context.Context) {
 			}
 		case "network":
 			p, err := netip.ParsePrefix(v.Key)
-			if err == nil && h.networks.ForNetwork(p).Merge(v.IdleTimeout) {
+			if err == nil && hb.networks.ForNetwork(p).Merge(v.IdleTimeout) {
 				changed = true
 				logger.Info("websocket took a shared client network idle timeout",
 					zap.String("network", v.Key), zap.Duration("idle_timeout", v.IdleTimeout),
@@ -155,13 +155,13 @@ func (h *hub) mergeShared(ctx context.Context) {
 		}
 	}
 	if changed {
-		h.refreshPolicies(func(*connection) bool { return true })
+		hb.refreshPolicies(func(*connection) bool { return true })
 	}
 }
 
-// publish stores a value this instance learned, in the background.
-func (h *hub) publish(kind, key string, t time.Duration, drops int) {
-	st, logger := h.sharedStorage()
+// share stores a value this instance learned, in the background.
+func (hb *hub) share(kind, key string, t time.Duration, drops int) {
+	st, logger := hb.sharedStorage()
 	if st == nil {
 		return
 	}

@@ -145,8 +145,8 @@ func (h *Handler) leastConn(avail []upstream) *upstream {
 
 // count counts a connection (or a handshake under way) against upstream
 // raw for least_conn until release, which may be called more than once.
-func (h *hub) count(raw string) (release func()) {
-	load := h.load(raw)
+func (hb *hub) count(raw string) (release func()) {
+	load := hb.load(raw)
 	load.Add(1)
 	return sync.OnceFunc(func() { load.Add(-1) })
 }
@@ -212,11 +212,6 @@ func (h *Handler) loadUpstreams(ctx caddy.Context) error {
 		h.pool.dynamic = mod.(reverseproxy.UpstreamSource)
 	}
 	lb := h.LoadBalancing
-	if lb == nil && h.LBPolicy != "" {
-		// lb_policy as a plain string (JSON written for earlier versions).
-		lb = &LoadBalancing{SelectionPolicyRaw: json.RawMessage(fmt.Sprintf(`{"policy":%q}`, h.LBPolicy))}
-		h.LoadBalancing = lb
-	}
 	if lb != nil && lb.SelectionPolicyRaw != nil {
 		mod, err := ctx.LoadModule(lb, "SelectionPolicyRaw")
 		if err != nil {

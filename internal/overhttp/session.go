@@ -280,8 +280,8 @@ func (s *Session) Close(code frame.StatusCode, reason string) {
 
 // Stats is the backend side's live view: what it sent (events), and when
 // the last request went and the last answer came.
-func (s *Session) Stats() relay.LegStats {
-	var st relay.LegStats
+func (s *Session) Stats() relay.LegView {
+	var st relay.LegView
 	st.Counts = s.Counts()
 	if n := s.lastRead.Load(); n != 0 {
 		st.LastRead = time.Unix(0, n)

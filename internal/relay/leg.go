@@ -18,9 +18,9 @@ import (
 // the close grace period ended (or the closing handshake completed).
 var ErrGraceOver = errors.New("close grace period over")
 
-// Handler is what a mode does with one leg. The leg's reader calls it, one
+// Mode is what a mode does with one leg. The leg's reader calls it, one
 // call at a time; only Feed may run long (it relays what it is given).
-type Handler interface {
+type Mode interface {
 	// Feed handles bytes read from the leg, in order. It may modify b,
 	// which is only valid during the call.
 	Feed(b []byte)
@@ -42,7 +42,7 @@ type Handler interface {
 // Leg is one WebSocket connection of a relayed pair, as the relay core
 // sees it: a socket, its reader, its liveness policy, its close state and
 // its counters. A leg's socket may be anything a net.Conn can be; when it
-// is a plain TCP socket the quiet reader parks (package park) and holds no
+// is a plain TCP socket the quiet reader parks (package quiet) and holds no
 // goroutine, otherwise it waits in Go's poller with one.
 type Leg struct {
 	Live liveness.Watch
@@ -52,7 +52,7 @@ type Leg struct {
 	Silence time.Duration
 
 	conn       net.Conn
-	h          Handler
+	h          Mode
 	rd         quiet.Reader
 	park       quiet.Waiter
 	side       Side
@@ -66,17 +66,17 @@ type Leg struct {
 	answered atomic.Pointer[chan struct{}]
 }
 
-// Linger is how long a leg whose closing handshake is complete, and whose
+// CloseLinger is how long a leg whose closing handshake is complete, and whose
 // write side is closed, waits for the peer's own end before closing the
 // socket: the peer has the FIN (or close_notify) at once, and reading its
 // answer first keeps the close from turning into a reset that could
 // destroy the Close frame still in the peer's receive buffer.
-const Linger = time.Second
+const CloseLinger = time.Second
 
 // Init prepares the leg to read conn for h under policy p; silence counts
 // from start on the clock now. grace is how long a peer that sent its Close
 // and ended its side waits for the answer (the mode's close grace).
-func (l *Leg) Init(side Side, conn net.Conn, h Handler, p timeout.Policy, grace time.Duration, start time.Time, now func() time.Time) {
+func (l *Leg) Init(side Side, conn net.Conn, h Mode, p timeout.Policy, grace time.Duration, start time.Time, now func() time.Time) {
 	l.side, l.role, l.conn, l.h, l.grace = side, RoleOf(side), conn, h, grace
 	l.rd.Init(conn)
 	l.park.Init(conn, l.turn)
@@ -112,7 +112,7 @@ func (l *Leg) turn() {
 			why = ErrGraceOver
 			break
 		}
-		b, err := l.rd.Read(l.Live.Linger())
+		b, err := l.rd.Read(l.Live.WaitInPoller())
 		if err == quiet.ErrWouldBlock {
 			if l.Live.Park() {
 				return
@@ -192,19 +192,19 @@ func (l *Leg) deadline() bool {
 	return false
 }
 
-// ReceivedClose records the peer's Close frame.
-func (l *Leg) ReceivedClose() {
+// RecordCloseReceived records the peer's Close frame.
+func (l *Leg) RecordCloseReceived() {
 	l.closeRecv.Store(true)
 	l.closeDone()
 }
 
-// GotClose reports whether the peer sent a Close frame.
-func (l *Leg) GotClose() bool { return l.closeRecv.Load() }
+// CloseReceived reports whether the peer sent a Close frame.
+func (l *Leg) CloseReceived() bool { return l.closeRecv.Load() }
 
-// SentClose records that a Close frame went out to the peer (the mode has
+// RecordCloseSent records that a Close frame went out to the peer (the mode has
 // written it; nothing may follow) and half-closes the socket, so the FIN
 // says so while the peer's own Close can still come back.
-func (l *Leg) SentClose() {
+func (l *Leg) RecordCloseSent() {
 	l.closeSent.Store(true)
 	if ch := l.answered.Swap(nil); ch != nil {
 		close(*ch)
@@ -240,9 +240,9 @@ func halfClose(conn net.Conn) bool {
 // lingers for the peer's end (see Linger); one that cannot half-close
 // (wrapped connections, streams) closes at once.
 func (l *Leg) closeDone() {
-	if l.role == Server && l.closeRecv.Load() && l.closeSent.Load() {
+	if l.role == ServerRole && l.closeRecv.Load() && l.closeSent.Load() {
 		if l.halfClosed.Load() {
-			l.Live.StartClosing(Linger)
+			l.Live.StartClosing(CloseLinger)
 		} else {
 			l.Live.StartClosing(0)
 		}
@@ -260,6 +260,6 @@ func (l *Leg) Counts() Counts {
 }
 
 // Stats returns a live view of the leg.
-func (l *Leg) Stats() LegStats {
-	return LegStats{Counts: l.Counts(), Times: l.Live.Snapshot()}
+func (l *Leg) Stats() LegView {
+	return LegView{Counts: l.Counts(), Times: l.Live.Snapshot()}
 }

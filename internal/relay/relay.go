@@ -1,8 +1,10 @@
-// Package relay is the core both relay modes share: the two sides of a
+// Package relay is the core every mode shares: the two sides of a
 // connection, what is counted about them, and the leg loop that reads one
-// leg, runs its idle-timeout policy, parks it when it is quiet and closes
-// it. A mode (package tunnel or terminate) supplies what to do with the
-// bytes read and with the policy's events, as a Handler.
+// leg of any kind (TCP, TLS, an HTTP/2 or HTTP/3 stream), runs its
+// idle-timeout policy (package liveness), parks it when it is quiet
+// (package quiet) and closes it. A mode (package tunnel or terminate)
+// supplies what to do with the bytes read and with the policy's events, as
+// a Mode.
 package relay
 
 import (
@@ -35,10 +37,10 @@ func (s Side) Other() Side { return 1 - s }
 type Role uint8
 
 const (
-	// Server: the gateway answered the handshake (the client leg). Frames
+	// ServerRole: the gateway answered the handshake (the client leg). Frames
 	// arrive masked, the gateway's go out unmasked, and the gateway closes
 	// the TCP connection first (RFC 6455 §7.1.1).
-	Server Role = iota
+	ServerRole Role = iota
 	// ClientRole: the gateway made the handshake (a backend leg). It masks
 	// its frames and leaves the TCP close to the server.
 	ClientRole
@@ -47,7 +49,7 @@ const (
 // RoleOf is the gateway's role on a side.
 func RoleOf(s Side) Role {
 	if s == Client {
-		return Server
+		return ServerRole
 	}
 	return ClientRole
 }
@@ -102,14 +104,14 @@ func (c Counts) Plus(o Counts) Counts {
 	return c
 }
 
-// LegStats is a live view of one side of a connection.
-type LegStats struct {
+// LegView is a live view of one side of a connection.
+type LegView struct {
 	Counts
 	liveness.Times
 }
 
 // Stats is a live view of a connection.
 type Stats struct {
-	Legs       PerSide[LegStats]
+	Legs       PerSide[LegView]
 	Reconnects int
 }

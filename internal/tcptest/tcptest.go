@@ -1,5 +1,5 @@
 // Package tcptest gives the unit tests of the read path real loopback TCP
-// connections: what lazyread and park do is only defined on real sockets.
+// connections: what package quiet does is only defined on real sockets.
 package tcptest
 
 import (

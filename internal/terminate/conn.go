@@ -1,6 +1,6 @@
 // Package terminate relays WebSocket messages between a client and a backend
 // over two separate WebSocket connections that the gateway terminates. The
-// client leg is a complete, validating RFC 6455 server endpoint (with
+// client leg is a complete, validating RFC 6455 server (with
 // permessage-deflate when the client offers it); the backend leg is the
 // gateway's own plain client connection. Because the legs are separate, the
 // gateway can protect a legacy backend from bad frames, speak compression
@@ -74,7 +74,7 @@ type queued struct {
 type Conn struct {
 	cfg    Config
 	start  time.Time
-	client *endpoint
+	client *leg
 	push   pushQueue
 
 	mu         sync.Mutex
@@ -83,7 +83,7 @@ type Conn struct {
 	queuedSize int64
 	done       bool // ending: no more reconnects, messages are dropped
 	redialing  bool
-	running    int // endpoints whose readers run
+	running    int // legs whose readers run
 	reconnects int
 	recorded   bool
 	sum        relay.Summary
@@ -101,7 +101,7 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 	return c
 }
 
-// newConn applies the defaults and makes the client's endpoint.
+// newConn applies the defaults and makes the client's leg.
 func newConn(client net.Conn, cfg Config) *Conn {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -127,7 +127,7 @@ func newConn(client net.Conn, cfg Config) *Conn {
 // Start relays in two goroutines (one with an Upstream) and returns at
 // once; fromClient and fromBackend are bytes read past the handshakes.
 func (c *Conn) Start(fromClient, fromBackend []byte) {
-	e, ok := c.backend.(*endpoint)
+	e, ok := c.backend.(*leg)
 	if !ok {
 		c.running = 1
 		go c.client.Run(fromClient)
@@ -159,7 +159,7 @@ func (c *Conn) Stats() relay.Stats {
 	c.mu.Unlock()
 	bs := b.Stats()
 	bs.Counts = bs.Counts.Plus(old)
-	return relay.Stats{Legs: relay.PerSide[relay.LegStats]{Client: c.client.Stats(), Backend: bs}, Reconnects: n}
+	return relay.Stats{Legs: relay.PerSide[relay.LegView]{Client: c.client.Stats(), Backend: bs}, Reconnects: n}
 }
 
 // Policy returns the policy in force on a side.
@@ -172,7 +172,7 @@ func (c *Conn) Policy(s relay.Side) timeout.Policy {
 	return c.cfg.Backend
 }
 
-func (c *Conn) dropped(e *endpoint, silence time.Duration) {
+func (c *Conn) dropped(e *leg, silence time.Duration) {
 	if c.cfg.OnDrop == nil {
 		return
 	}
@@ -202,7 +202,7 @@ func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
 }
 
 // flushPeer writes what e's read queued for the other side.
-func (c *Conn) flushPeer(e *endpoint) {
+func (c *Conn) flushPeer(e *leg) {
 	if e != c.client {
 		c.client.flush()
 		return
@@ -216,7 +216,7 @@ func (c *Conn) flushPeer(e *endpoint) {
 }
 
 // message relays a complete message from e to the other side.
-func (c *Conn) message(e *endpoint, op frame.Opcode, p []byte) {
+func (c *Conn) message(e *leg, op frame.Opcode, p []byte) {
 	if e != c.client {
 		c.client.queueMessage(op, p)
 		return
@@ -256,8 +256,8 @@ func (c *Conn) hold(op frame.Opcode, p []byte) {
 	c.queuedSize += int64(len(p))
 }
 
-// ended is told, once per endpoint, how its session ended.
-func (c *Conn) ended(e *endpoint, how ending) {
+// ended is told, once per leg, how its session ended.
+func (c *Conn) ended(e *leg, how ending) {
 	c.mu.Lock()
 	if e == c.client {
 		c.done = true
@@ -270,7 +270,7 @@ func (c *Conn) ended(e *endpoint, how ending) {
 		c.mu.Unlock()
 		if b != nil {
 			code, reason := forBackend(how)
-			if _, up := b.(upstreamLeg); up && !how.byPeer && how.code == frame.CloseAbnormal {
+			if _, up := b.(messageLeg); up && !how.byPeer && how.code == frame.CloseAbnormal {
 				code = frame.CloseAbnormal // an Upstream tells a vanished client apart (DISCONNECT)
 			}
 			b.close(code, reason)
@@ -428,8 +428,8 @@ func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 	return true
 }
 
-// exited is called as each endpoint's reader returns.
-func (c *Conn) exited(e *endpoint) {
+// exited is called as each leg's reader returns.
+func (c *Conn) exited(e *leg) {
 	c.mu.Lock()
 	c.running--
 	last := c.running == 0 && !c.redialing

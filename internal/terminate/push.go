@@ -91,17 +91,17 @@ func (q *pushQueue) killLocked() {
 // pushesFirstLocked puts the queued pushes ahead of what the client leg
 // writes next; the caller holds e.wmu. It reports false when they could
 // not be written.
-func (e *endpoint) pushesFirstLocked() bool {
-	if e != e.c.client || e.c.push.n.Load() == 0 {
+func (l *leg) pushesFirstLocked() bool {
+	if l != l.c.client || l.c.push.n.Load() == 0 {
 		return true
 	}
-	return e.c.takePushesLocked(e, false)
+	return l.c.takePushesLocked(l, false)
 }
 
 // takePushesLocked moves the queued pushes into e's held frames; the
 // caller holds e.wmu and flushes them. last is set by the goroutine Push
 // started, which ends with this call.
-func (c *Conn) takePushesLocked(e *endpoint, last bool) bool {
+func (c *Conn) takePushesLocked(e *leg, last bool) bool {
 	q := &c.push
 	q.mu.Lock()
 	items := q.items

@@ -28,8 +28,8 @@ type Policy struct {
 	WriteTimeout time.Duration
 }
 
-// Leg is what has been observed on one leg. Zero times mean "never".
-type Leg struct {
+// State is what has been observed on one leg. Zero times mean "never".
+type State struct {
 	// LastRead is when the last bytes arrived from the peer (any frame,
 	// including Pongs to the gateway's pings). Starts at the handshake.
 	LastRead time.Time
@@ -78,7 +78,7 @@ func (a Action) String() string {
 // if nothing else happens first (zero: never). When it returns Ping, the
 // caller sends the Ping, sets PingSent and LastWrite, and calls Decide again
 // for the next wake-up; after a close action there is no next wake-up.
-func (p Policy) Decide(l Leg, now time.Time) (Action, time.Time) {
+func (p Policy) Decide(l State, now time.Time) (Action, time.Time) {
 	var next time.Time
 	wake := func(t time.Time) {
 		if next.IsZero() || t.Before(next) {

@@ -14,7 +14,7 @@ func at(d time.Duration) time.Time { return t0.Add(d) }
 // rtt), and sends says when the peer sends a data frame. It returns the
 // times of pings sent and the close action and time, if any.
 func simulate(p Policy, until time.Duration, answer bool, rtt time.Duration, sends []time.Duration) (pings []time.Duration, closed Action, closedAt time.Duration) {
-	l := Leg{LastRead: t0, LastWrite: t0, LastActive: t0}
+	l := State{LastRead: t0, LastWrite: t0, LastActive: t0}
 	var pongDue time.Time
 	for now := time.Duration(0); now <= until; now += 10 * time.Millisecond {
 		tnow := at(now)
@@ -80,7 +80,7 @@ func TestTrafficPostponesKeepalive(t *testing.T) {
 		t.Fatalf("%v, pings %v", closed, pings)
 	}
 	// Both directions busy: no pings at all.
-	l := Leg{LastRead: at(900 * time.Millisecond), LastWrite: at(950 * time.Millisecond), LastActive: at(900 * time.Millisecond)}
+	l := State{LastRead: at(900 * time.Millisecond), LastWrite: at(950 * time.Millisecond), LastActive: at(900 * time.Millisecond)}
 	if act, next := p.Decide(l, at(1500*time.Millisecond)); act != None || !next.Equal(at(1900*time.Millisecond)) {
 		t.Fatalf("%v, next %v", act, next.Sub(t0))
 	}
@@ -100,7 +100,7 @@ func TestIdleTimeout(t *testing.T) {
 
 func TestOff(t *testing.T) {
 	var p Policy
-	act, next := p.Decide(Leg{LastRead: t0, LastWrite: t0, LastActive: t0}, at(time.Hour))
+	act, next := p.Decide(State{LastRead: t0, LastWrite: t0, LastActive: t0}, at(time.Hour))
 	if act != None || !next.IsZero() {
 		t.Fatalf("%v %v", act, next)
 	}
@@ -114,7 +114,7 @@ func TestOff(t *testing.T) {
 
 func TestEarlySpreadsPings(t *testing.T) {
 	p := Policy{Keepalive: 20 * time.Second, PongTimeout: 5 * time.Second}
-	l := Leg{LastRead: t0, LastWrite: t0, LastActive: t0, Early: 1500 * time.Millisecond}
+	l := State{LastRead: t0, LastWrite: t0, LastActive: t0, Early: 1500 * time.Millisecond}
 	if act, next := p.Decide(l, at(time.Second)); act != None || !next.Equal(at(18500*time.Millisecond)) {
 		t.Fatalf("%v, next %v", act, next.Sub(t0))
 	}

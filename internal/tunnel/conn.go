@@ -101,7 +101,7 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 
 // Stats returns a live view of the connection.
 func (c *Conn) Stats() relay.Stats {
-	return relay.Stats{Legs: relay.PerSide[relay.LegStats]{Client: c.legs.Client.Stats(), Backend: c.legs.Backend.Stats()}}
+	return relay.Stats{Legs: relay.PerSide[relay.LegView]{Client: c.legs.Client.Stats(), Backend: c.legs.Backend.Stats()}}
 }
 
 // Policy returns the policy in force on a side.
@@ -144,7 +144,7 @@ func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
 // neither side ever sees the connection drop without one because of the
 // gateway.
 func (c *Conn) readerDone(l *leg, why string) {
-	if !l.GotClose() {
+	if !l.CloseReceived() {
 		switch {
 		case l.stoppedReading():
 			c.record("gateway", frame.CloseGoingAway, l.Side().String()+" stopped reading (write timeout)")

@@ -39,7 +39,7 @@ func (l *leg) init(c *Conn, side relay.Side, conn net.Conn, p timeout.Policy) {
 }
 
 // Feed relays what the peer sent to the other leg.
-func (l *leg) Feed(b []byte) { l.scan.relay(l, b) }
+func (l *leg) Feed(b []byte) { l.scan.scan(l, b) }
 
 // Exit ends the leg's part of the connection.
 func (l *leg) Exit(err error) { l.c.readerDone(l, err.Error()) }
@@ -125,7 +125,7 @@ func (l *leg) flushPendingLocked() {
 	l.hasPend.Store(false)
 	l.writeLocked(net.Buffers{p})
 	if isClose {
-		l.SentClose()
+		l.RecordCloseSent()
 	}
 }
 
@@ -151,7 +151,7 @@ func (l *leg) write(segs net.Buffers, boundary int, midFrame, closeFrame bool) {
 		l.closeSent = true
 		l.pending, l.pendClose = nil, false
 		l.hasPend.Store(false)
-		l.SentClose()
+		l.RecordCloseSent()
 	}
 	if !l.midFrame {
 		l.flushPendingLocked()
@@ -176,7 +176,7 @@ func (l *leg) stoppedReading() bool {
 	return errors.Is(l.writeErr, os.ErrDeadlineExceeded)
 }
 
-func (l *leg) sentClose() bool {
+func (l *leg) wroteClose() bool {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	return l.closeSent

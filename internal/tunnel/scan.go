@@ -37,8 +37,8 @@ func held(h frame.Header) bool {
 	return (h.Op == frame.OpPong || h.Op == frame.OpClose) && h.Length <= frame.MaxControlPayload
 }
 
-// relay scans b, read from src, and writes it on to src.other.
-func (s *scanner) relay(src *leg, b []byte) {
+// scan scans b, read from src, and writes it on to src.other.
+func (s *scanner) scan(src *leg, b []byte) {
 	dst := src.other
 	if s.broken {
 		dst.write(net.Buffers{b}, -1, true, false)
@@ -173,10 +173,10 @@ func (s *scanner) relay(src *leg, b []byte) {
 	if closeFrame {
 		// src sent Close; once dst's answer has gone back, src's closing
 		// handshake is complete.
-		if src.sentClose() {
+		if src.wroteClose() {
 			src.StartClosing(src.c.cfg.CloseGrace)
 		}
-		if dst.GotClose() {
+		if dst.CloseReceived() {
 			dst.StartClosing(src.c.cfg.CloseGrace)
 		}
 	}
@@ -229,11 +229,11 @@ func (s *scanner) heldFrame(src *leg, h frame.Header, payload []byte) bool {
 		return src.isOwnPong(p[:n])
 	case frame.OpClose:
 		code, reason, _ := frame.ParseClose(p[:n])
-		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !src.GotClose() && !src.sentClose() {
+		if (code == frame.CloseNormal || code == frame.CloseGoingAway) && !src.CloseReceived() && !src.wroteClose() {
 			// The peer closed first: perhaps its idle timer.
 			src.c.dropped(src.Side(), src.Silence)
 		}
-		src.ReceivedClose()
+		src.RecordCloseReceived()
 		src.c.record(src.Side().String(), code, reason)
 	}
 	return false

@@ -1,9 +1,8 @@
-// Package liveness runs a leg's idle-timeout policy for both relays (tunnel
-// and terminate). It records what happens on the leg (reads, writes,
+// Package liveness runs a leg's idle-timeout policy for every mode. It records what happens on the leg (reads, writes,
 // forwarded frames, pings) and asks timeout.Policy what to do and when.
 // While the leg's reader runs, the policy's next event is the socket's read
 // deadline; once the leg has read nothing for ParkAfter, the reader parks
-// (package park) with the next event on a runtime timer. Either way the leg
+// (package quiet) with the next event on a runtime timer. Either way the leg
 // has no timer goroutine: its reader runs when there is something to do.
 package liveness
 
@@ -21,7 +20,7 @@ import (
 // ParkAfter tells busy legs from quiet ones. A leg whose reads come less
 // than ParkAfter apart waits for the next bytes in Go's network poller,
 // goroutine and all, for up to ParkAfter; any other leg parks as soon as
-// it has read what is there (package park). A leg that is moving bytes
+// it has read what is there (package quiet). A leg that is moving bytes
 // thus never pays for parking, and one that is quiet costs a goroutine
 // start per wake-up instead of a goroutine's stack for as long as it is
 // quiet.
@@ -135,11 +134,11 @@ func (w *Watch) Read() time.Duration {
 	return silence
 }
 
-// Linger reports whether the reader should wait in the network poller when
+// WaitInPoller reports whether the reader should wait in the network poller when
 // it has read everything there is: the leg cannot park, is closing, or is
 // busy (its last two reads came less than ParkAfter apart). Otherwise the
 // reader reads without waiting and parks when nothing is ready.
-func (w *Watch) Linger() bool {
+func (w *Watch) WaitInPoller() bool {
 	return !w.canPark() || w.readGap < int64(ParkAfter) || w.Closing()
 }
 
@@ -222,7 +221,7 @@ func (w *Watch) StartClosing(grace time.Duration) {
 func (w *Watch) Arm() bool {
 	// A lingering reader must look again after ParkAfter (to park if
 	// nothing came); a deadline set while it did not linger may be far off.
-	linger := w.canPark() && w.Linger()
+	linger := w.canPark() && w.WaitInPoller()
 	for {
 		var d time.Time
 		ca := w.closingAt.Load()
@@ -300,8 +299,8 @@ func (w *Watch) Park() bool {
 	return w.waiter.Park(next)
 }
 
-func (w *Watch) state() timeout.Leg {
-	return timeout.Leg{
+func (w *Watch) state() timeout.State {
+	return timeout.State{
 		LastRead:   w.at(w.lastRead.Load()),
 		LastWrite:  w.at(w.lastWrite.Load()),
 		LastActive: w.at(w.lastActive.Load()),

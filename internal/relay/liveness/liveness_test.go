@@ -141,17 +141,17 @@ func TestLingerAndPark(t *testing.T) {
 	w.Init(near, nil, timeout.Policy{Keepalive: time.Hour}, clk.t, clk.now, &pw)
 	w.spread = 0
 
-	if !w.Linger() {
+	if !w.WaitInPoller() {
 		t.Fatal("a fresh leg does not linger (its first bytes usually follow the handshake)")
 	}
 	clk.add(10 * time.Millisecond)
 	w.Read()
-	if !w.Linger() || w.Park() {
+	if !w.WaitInPoller() || w.Park() {
 		t.Fatal("a leg read 10ms after the last read parks")
 	}
 	clk.add(2 * ParkAfter)
 	w.Read()
-	if w.Linger() {
+	if w.WaitInPoller() {
 		t.Fatal("a leg read after a long gap lingers")
 	}
 	// The keepalive is due: parking now would sleep through it.
@@ -172,7 +172,7 @@ func TestLingerAndPark(t *testing.T) {
 	}
 	// Closing: never park, always wait in the poller (for the grace).
 	w.StartClosing(time.Second)
-	if w.Park() || !w.Linger() {
+	if w.Park() || !w.WaitInPoller() {
 		t.Fatal("a closing leg parks")
 	}
 }

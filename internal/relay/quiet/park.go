@@ -53,7 +53,7 @@ type Waiter struct {
 func (w *Waiter) Init(conn net.Conn, run func()) bool {
 	if tc, ok := conn.(*tls.Conn); ok {
 		// Readiness of a TLS connection is its socket's: the reader asks
-		// crypto/tls for what it holds before it parks (lazyread).
+		// crypto/tls for what it holds before it parks (Reader).
 		conn = tc.NetConn()
 	}
 	tc, ok := TCP(conn)

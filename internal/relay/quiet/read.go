@@ -34,7 +34,7 @@ import (
 const BufSize = 32 << 10
 
 // ErrWouldBlock is returned by Read(false) when no bytes are ready.
-var ErrWouldBlock = errors.New("lazyread: no bytes ready")
+var ErrWouldBlock = errors.New("quiet: no bytes ready")
 
 // ownBufSize is the buffer of a connection that cannot be read lazily.
 const ownBufSize = 4 << 10

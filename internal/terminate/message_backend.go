@@ -8,11 +8,11 @@ import (
 	"github.com/caddy-websocket/caddy-websocket/internal/timeout"
 )
 
-// Upstream is a backend the gateway does not reach over a WebSocket of its
+// MessageBackend is a backend the gateway does not reach over a WebSocket of its
 // own (WebSocket-over-HTTP, package overhttp). It takes the client's
 // messages; what it has for the client goes through the Conn's Deliver,
 // FlushClient and BackendEnded.
-type Upstream interface {
+type MessageBackend interface {
 	// Send takes a client message, in order; p is only valid during the
 	// call. It may block (backpressure on the client's reader) and
 	// reports false once the upstream is over.
@@ -23,39 +23,39 @@ type Upstream interface {
 	// the gateway's), or 1006 when the client vanished.
 	Close(code frame.StatusCode, reason string)
 	// Stats and Counts are the backend side's view.
-	Stats() relay.LegStats
+	Stats() relay.LegView
 	Counts() relay.Counts
 }
 
-// backendLeg is what a Conn needs of its backend: a WebSocket endpoint, or
+// backendLeg is what a Conn needs of its backend: a WebSocket leg, or
 // an Upstream.
 type backendLeg interface {
 	queueMessage(op frame.Opcode, p []byte) bool
 	flush()
 	close(code frame.StatusCode, reason string)
 	setPolicy(timeout.Policy)
-	Stats() relay.LegStats
+	Stats() relay.LegView
 	Counts() relay.Counts
 }
 
-func (e *endpoint) setPolicy(p timeout.Policy) { e.Live.SetPolicy(p) }
+func (l *leg) setPolicy(p timeout.Policy) { l.Live.SetPolicy(p) }
 
-type upstreamLeg struct{ Upstream }
+type messageLeg struct{ MessageBackend }
 
-func (u upstreamLeg) queueMessage(op frame.Opcode, p []byte) bool { return u.Send(op, p) }
-func (u upstreamLeg) flush()                                      { u.Flush() }
-func (u upstreamLeg) close(code frame.StatusCode, reason string)  { u.Close(code, reason) }
+func (u messageLeg) queueMessage(op frame.Opcode, p []byte) bool { return u.Send(op, p) }
+func (u messageLeg) flush()                                      { u.Flush() }
+func (u messageLeg) close(code frame.StatusCode, reason string)  { u.Close(code, reason) }
 
 // An Upstream holds no socket: no keepalive to run on it.
-func (upstreamLeg) setPolicy(timeout.Policy) {}
+func (messageLeg) setPolicy(timeout.Policy) {}
 
-// NewUpstream returns a terminated connection between an upgraded client
+// NewMessageBackend returns a terminated connection between an upgraded client
 // connection and an Upstream; nothing moves until Start. Reconnect does
 // not apply (an Upstream holds no connection to lose).
-func NewUpstream(client net.Conn, up Upstream, cfg Config) *Conn {
+func NewMessageBackend(client net.Conn, up MessageBackend, cfg Config) *Conn {
 	cfg.Reconnect = false
 	c := newConn(client, cfg)
-	c.backend = upstreamLeg{up}
+	c.backend = messageLeg{up}
 	c.latest = c.backend
 	return c
 }
