@@ -28,7 +28,7 @@ type connection struct {
 	mode        string
 	proto       string // the client's HTTP protocol: h1, h2 or h3
 	subprotocol string
-	extensions string
+	extensions  string
 	relay       relayConn
 	owner       *Handler // the config whose policies it runs under
 	path        string
