@@ -262,7 +262,7 @@ func learnedView() any {
 		for _, c := range hb.snapshot() {
 			open[c.upstream()]++
 		}
-		for up, l := range hb.upstreamLearners() {
+		for up, l := range hb.learning.upstreamLearners() {
 			t, n := l.Learned()
 			out.Upstreams = append(out.Upstreams, upView{Upstream: up, IdleTimeoutSeconds: t.Seconds(), Drops: n, Open: open[up]})
 			delete(open, up)
@@ -270,13 +270,13 @@ func learnedView() any {
 		for up, n := range open {
 			out.Upstreams = append(out.Upstreams, upView{Upstream: up, Open: n})
 		}
-		hb.networks.Each(func(p netip.Prefix, l *timeout.Learner) {
+		hb.learning.networks.Each(func(p netip.Prefix, l *timeout.Learner) {
 			t, n := l.Learned()
 			out.Networks = append(out.Networks, netView{p.String(), t.Seconds(), n})
 		})
 	}
 	if hb := currentHub(); hb != nil {
-		health := hb.healthSnapshot()
+		health := hb.health.snapshot()
 		seen := map[string]bool{}
 		for i := range out.Upstreams {
 			u := &out.Upstreams[i]

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Channels group connections for the push API: a publish to a channel
@@ -32,17 +33,28 @@ func gripChannels(h http.Header) []string {
 	return out
 }
 
+// channelTable holds the push API's subscriptions: channel → id →
+// subscriber. A connection that has ended is unsubscribed from all and
+// marked, so that a subscription racing its end does not outlive it.
+type channelTable struct {
+	mu       sync.Mutex
+	channels map[string]map[string]*connection
+}
+
 // subscribe adds c to a channel.
-func (hb *hub) subscribe(c *connection, channel string) {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	if hb.conns[c.id] != c {
+func (t *channelTable) subscribe(c *connection, channel string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if c.unsubscribed {
 		return // already gone
 	}
-	subs := hb.channels[channel]
+	if t.channels == nil {
+		t.channels = make(map[string]map[string]*connection)
+	}
+	subs := t.channels[channel]
 	if subs == nil {
 		subs = make(map[string]*connection)
-		hb.channels[channel] = subs
+		t.channels[channel] = subs
 	}
 	subs[c.id] = c
 	if !slices.Contains(c.channels, channel) {
@@ -51,50 +63,53 @@ func (hb *hub) subscribe(c *connection, channel string) {
 }
 
 // unsubscribe removes c from a channel.
-func (hb *hub) unsubscribe(c *connection, channel string) {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	hb.dropLocked(c, channel)
+func (t *channelTable) unsubscribe(c *connection, channel string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.dropLocked(c, channel)
 	c.channels = slices.DeleteFunc(c.channels, func(s string) bool { return s == channel })
 }
 
-func (hb *hub) dropLocked(c *connection, channel string) {
-	if subs := hb.channels[channel]; subs != nil {
+func (t *channelTable) dropLocked(c *connection, channel string) {
+	if subs := t.channels[channel]; subs != nil {
 		delete(subs, c.id)
 		if len(subs) == 0 {
-			delete(hb.channels, channel)
+			delete(t.channels, channel)
 		}
 	}
 }
 
 // subscribers returns the connections of a channel, in id order (so that
 // a publish's order across them is stable).
-func (hb *hub) subscribers(channel string) []*connection {
-	hb.mu.Lock()
-	out := make([]*connection, 0, len(hb.channels[channel]))
-	for _, c := range hb.channels[channel] {
+func (t *channelTable) subscribers(channel string) []*connection {
+	t.mu.Lock()
+	out := make([]*connection, 0, len(t.channels[channel]))
+	for _, c := range t.channels[channel] {
 		out = append(out, c)
 	}
-	hb.mu.Unlock()
+	t.mu.Unlock()
 	slices.SortFunc(out, func(a, b *connection) int { return strings.Compare(a.id, b.id) })
 	return out
 }
 
-// channelCounts returns the subscribers of each channel.
-func (hb *hub) channelCounts() map[string]int {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	out := make(map[string]int, len(hb.channels))
-	for name, subs := range hb.channels {
+// counts returns the subscribers of each channel.
+func (t *channelTable) counts() map[string]int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]int, len(t.channels))
+	for name, subs := range t.channels {
 		out[name] = len(subs)
 	}
 	return out
 }
 
-// unsubscribeAllLocked ends a finished connection's subscriptions.
-func (hb *hub) unsubscribeAllLocked(c *connection) {
+// unsubscribeAll ends a finished connection's subscriptions.
+func (t *channelTable) unsubscribeAll(c *connection) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, ch := range c.channels {
-		hb.dropLocked(c, ch)
+		t.dropLocked(c, ch)
 	}
 	c.channels = nil
+	c.unsubscribed = true
 }

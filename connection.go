@@ -24,20 +24,21 @@ type relayConn interface {
 // connection is a WebSocket connection the hub owns, from the moment its
 // relay is registered until it ends.
 type connection struct {
-	id          string
-	mode        string
-	proto       string // the client's HTTP protocol: h1, h2 or h3
-	subprotocol string
-	extensions  string
-	relay       relayConn
-	owner       *Handler // the config whose policies it runs under
-	path        string
-	remote      string
-	clientIP    netip.Addr
-	reservedIP  netip.Addr // the address counted against the connection limits
-	start       time.Time
-	lifetime    *time.Timer
-	channels    []string // subscribed to; guarded by the hub's lock
+	id           string
+	mode         string
+	proto        string // the client's HTTP protocol: h1, h2 or h3
+	subprotocol  string
+	extensions   string
+	relay        relayConn
+	owner        *Handler // the config whose policies it runs under
+	path         string
+	remote       string
+	clientIP     netip.Addr
+	reservedIP   netip.Addr // the address counted against the connection limits
+	start        time.Time
+	lifetime     *time.Timer
+	channels     []string // subscribed to; guarded by the channel table's lock
+	unsubscribed bool     // ended: no more subscriptions (the same lock)
 
 	// A reconnect (terminate mode) may move the connection to another
 	// upstream: mu guards which one, and its least_conn count.

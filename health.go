@@ -80,34 +80,31 @@ type hostHealth struct {
 	down       atomic.Bool // the last verdict, for metrics and the admin view
 }
 
-// health returns (and creates) the health record of an upstream.
-func (hb *hub) health(raw string) *hostHealth {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	hh := hb.hosts[raw]
-	if hh == nil {
-		hh = &hostHealth{}
-		hb.hosts[raw] = hh
-	}
-	return hh
+// healthTable holds the health record of every upstream seen.
+type healthTable struct {
+	mu    sync.Mutex
+	hosts map[string]*hostHealth
 }
 
-// load returns the least_conn counter of an upstream.
-func (hb *hub) load(raw string) *loadCounter {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	c := hb.loads[raw]
-	if c == nil {
-		c = new(loadCounter)
-		hb.loads[raw] = c
+// of returns (and creates) the health record of an upstream.
+func (t *healthTable) of(raw string) *hostHealth {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.hosts == nil {
+		t.hosts = make(map[string]*hostHealth)
 	}
-	return c
+	hh := t.hosts[raw]
+	if hh == nil {
+		hh = &hostHealth{}
+		t.hosts[raw] = hh
+	}
+	return hh
 }
 
 // healthy reports whether the upstream may be picked under h's passive
 // policy and the active checks' verdict.
 func (h *Handler) healthy(raw string) bool {
-	hh := h.hub.health(raw)
+	hh := h.hub.health.of(raw)
 	hh.mu.Lock()
 	defer hh.mu.Unlock()
 	down := hh.activeDown
@@ -139,7 +136,7 @@ func (hb *hub) failed(h *Handler, u upstream, reason string) {
 	if p == nil {
 		return
 	}
-	hh := hb.health(u.raw)
+	hh := hb.health.of(u.raw)
 	hh.mu.Lock()
 	hh.failTimes = append(hh.failTimes, time.Now())
 	hh.lastReason = reason
@@ -188,7 +185,7 @@ func (h *Handler) startActiveChecks(ctx caddy.Context) {
 func (h *Handler) activeCheck(ctx context.Context, u upstream) {
 	a := h.HealthChecks.Active
 	err := h.checkHealth(ctx, u)
-	hh := h.hub.health(u.raw)
+	hh := h.hub.health.of(u.raw)
 	hh.mu.Lock()
 	var changed, nowDown bool
 	if err == nil {
@@ -309,13 +306,13 @@ type healthState struct {
 }
 
 // healthSnapshot returns the health of every upstream seen.
-func (hb *hub) healthSnapshot() map[string]healthState {
-	hb.mu.Lock()
-	hosts := make(map[string]*hostHealth, len(hb.hosts))
-	for k, v := range hb.hosts {
+func (t *healthTable) snapshot() map[string]healthState {
+	t.mu.Lock()
+	hosts := make(map[string]*hostHealth, len(t.hosts))
+	for k, v := range t.hosts {
 		hosts[k] = v
 	}
-	hb.mu.Unlock()
+	t.mu.Unlock()
 	out := make(map[string]healthState, len(hosts))
 	for k, hh := range hosts {
 		hh.mu.Lock()

@@ -247,9 +247,9 @@ func (r *httpModeConn) Start(fromClient, _ []byte) {
 func (h *Handler) control(c *connection, ctl overhttp.Control) {
 	switch ctl.Type {
 	case "subscribe":
-		h.hub.subscribe(c, ctl.Channel)
+		h.hub.channels.subscribe(c, ctl.Channel)
 	case "unsubscribe":
-		h.hub.unsubscribe(c, ctl.Channel)
+		h.hub.channels.unsubscribe(c, ctl.Channel)
 	default:
 		h.logger.Debug("websocket GRIP control message ignored", zap.String("id", c.id), zap.String("type", ctl.Type))
 	}

@@ -1,10 +1,7 @@
 package websocket
 
 import (
-	"fmt"
 	"math/rand/v2"
-	"net/http"
-	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -27,36 +24,32 @@ var hubs = caddy.NewUsagePool()
 const hubKey = "websocket.hub"
 
 // hub owns the live connections, and what the gateway learned, across
-// config reloads.
+// config reloads. Its own lock guards the connections and the handlers
+// they may move between on a reload; every other table has a lock of its
+// own, in the file of its concern.
 type hub struct {
 	mu       sync.Mutex
 	conns    map[string]*connection
 	handlers []*Handler // provisioned and not yet cleaned up, newest last
-	learners map[string]*timeout.Learner
-	networks timeout.Networks
-	total    int                // live connections and handshakes under way
-	perIP    map[netip.Addr]int // the same, per client address
-	hosts    map[string]*hostHealth
 	// drainWindow is how long a stop spreads its closes over; draining is
 	// set once it started.
 	drainWindow time.Duration
 	draining    atomic.Bool
-	sharing     sharing // learned values through Caddy's storage
-	probes      probes
-	loads       map[string]*loadCounter
-	channels    map[string]map[string]*connection // push API: channel → id → subscriber
+
+	limits   limits       // max_connections, max_connections_per_ip (limits.go)
+	learning learning     // learned idle timeouts (policy.go)
+	health   healthTable  // upstream health (health.go)
+	loads    loadTable    // least_conn counts (upstreams.go)
+	channels channelTable // push API subscriptions (channels.go)
+	probes   probes       // discovery probes (probe.go)
+	sharing  sharing      // learned values through Caddy's storage (shared.go)
 }
 
 func loadHub() (*hub, error) {
 	v, _, err := hubs.LoadOrNew(hubKey, func() (caddy.Destructor, error) {
 		return &hub{
 			conns:    make(map[string]*connection),
-			learners: make(map[string]*timeout.Learner),
-			perIP:    make(map[netip.Addr]int),
-			hosts:    make(map[string]*hostHealth),
-			loads:    make(map[string]*loadCounter),
-			channels: make(map[string]map[string]*connection),
-			networks: timeout.Networks{Limit: 4096},
+			learning: learning{networks: timeout.Networks{Limit: 4096}},
 		}, nil
 	})
 	if err != nil {
@@ -81,34 +74,6 @@ func newID() string {
 		v >>= 4
 	}
 	return string(b[:])
-}
-
-// reserve counts a new connection from ip against the limits (0: none)
-// before its handshake starts; release undoes it if the upgrade fails, and
-// remove when the connection ends.
-func (hb *hub) reserve(ip netip.Addr, maxTotal, maxPerIP int) (release func(), _ *refusal) {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	if maxTotal > 0 && hb.total >= maxTotal {
-		return nil, &refusal{status: http.StatusServiceUnavailable, code: "max_connections",
-			reason: fmt.Sprintf("too many WebSocket connections (limit %d); try again later", maxTotal)}
-	}
-	if maxPerIP > 0 && hb.perIP[ip] >= maxPerIP {
-		return nil, &refusal{status: http.StatusServiceUnavailable, code: "max_connections_per_ip",
-			reason: fmt.Sprintf("too many WebSocket connections from %s (limit %d); try again later", ip, maxPerIP)}
-	}
-	hb.total++
-	hb.perIP[ip]++
-	return func() { hb.release(ip) }, nil
-}
-
-func (hb *hub) release(ip netip.Addr) {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	hb.total--
-	if hb.perIP[ip]--; hb.perIP[ip] <= 0 {
-		delete(hb.perIP, ip)
-	}
 }
 
 // add registers a connection under its id.
@@ -137,21 +102,9 @@ func (hb *hub) snapshot() []*connection {
 	return out
 }
 
-// upstreamLearners returns a copy of the upstream → learner map, so callers
-// read the learners without the hub's lock.
-func (hb *hub) upstreamLearners() map[string]*timeout.Learner {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	ls := make(map[string]*timeout.Learner, len(hb.learners))
-	for k, l := range hb.learners {
-		ls[k] = l
-	}
-	return ls
-}
-
 // learnedTimeouts returns what was learned per upstream.
 func (hb *hub) learnedTimeouts() map[string]time.Duration {
-	ls := hb.upstreamLearners()
+	ls := hb.learning.upstreamLearners()
 	out := make(map[string]time.Duration, len(ls))
 	for k, l := range ls {
 		if t, _ := l.Learned(); t > 0 {
@@ -177,29 +130,15 @@ func (hb *hub) remove(id string) {
 	hb.mu.Lock()
 	c := hb.conns[id]
 	delete(hb.conns, id)
-	if c != nil {
-		hb.unsubscribeAllLocked(c)
-	}
 	hb.mu.Unlock()
 	if c == nil {
 		return
 	}
-	hb.release(c.reservedIP)
+	hb.channels.unsubscribeAll(c)
+	hb.limits.release(c.reservedIP)
 	if c.lifetime != nil {
 		c.lifetime.Stop()
 	}
-}
-
-// learner returns the idle-timeout learner of a backend address.
-func (hb *hub) learner(upstream string) *timeout.Learner {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	l := hb.learners[upstream]
-	if l == nil {
-		l = &timeout.Learner{}
-		hb.learners[upstream] = l
-	}
-	return l
 }
 
 // ownerOf returns the handler whose config a connection runs under.

@@ -168,7 +168,7 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 				pings[i] += l.Pings
 			}
 		}
-		for up, s := range hb.healthSnapshot() {
+		for up, s := range hb.health.snapshot() {
 			v := 1.0
 			if s.down {
 				v = 0

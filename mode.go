@@ -288,7 +288,7 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 			return false
 		}
 		cur = next
-		c.moveTo(cur.raw, h.hub.count(cur.raw))
+		c.moveTo(cur.raw, h.hub.loads.count(cur.raw))
 		return true
 	}
 	return redial, moved

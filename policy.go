@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -22,12 +23,12 @@ func (h *Handler) policyFor(up upstream, remoteAddr string) relay.PerSide[timeou
 	if h.Client.auto() {
 		if ip, ok := clientIP(remoteAddr); ok {
 			b := h.Client.bounds()
-			p.Client.Keepalive = h.hub.networks.For(ip).Interval(b.min, b.max)
+			p.Client.Keepalive = h.hub.learning.networks.For(ip).Interval(b.min, b.max)
 		}
 	}
 	if h.Backend.auto() && up.raw != "" {
 		b := h.Backend.bounds()
-		l := h.hub.learner(up.raw)
+		l := h.hub.learning.learner(up.raw)
 		p.Backend.Keepalive = l.Interval(b.min, b.max)
 		if t, _ := l.Learned(); t == 0 && h.hub.unproven(up.raw) {
 			// Nothing is proven safe but keepalive_min: the probe is still
@@ -87,7 +88,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 		}
 		b := h.Backend.bounds()
 		up := c.upstream()
-		l := h.hub.learner(up)
+		l := h.hub.learning.learner(up)
 		if !l.Observe(silence, b.min) {
 			return
 		}
@@ -104,7 +105,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 			return
 		}
 		b := h.Client.bounds()
-		l := h.hub.networks.For(c.clientIP)
+		l := h.hub.learning.networks.For(c.clientIP)
 		if !l.Observe(silence, b.min) {
 			return
 		}
@@ -118,4 +119,39 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 		h.hub.share("network", network.String(), t, n)
 		h.hub.refreshPolicies(func(o *connection) bool { return o.clientIP.IsValid() && network.Contains(o.clientIP) })
 	}
+}
+
+// learning is what was learned of idle timeouts: per upstream, and per
+// client network.
+type learning struct {
+	mu       sync.Mutex
+	learners map[string]*timeout.Learner
+	networks timeout.Networks // has its own lock
+}
+
+// learner returns the idle-timeout learner of a backend address.
+func (lg *learning) learner(upstream string) *timeout.Learner {
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	if lg.learners == nil {
+		lg.learners = make(map[string]*timeout.Learner)
+	}
+	l := lg.learners[upstream]
+	if l == nil {
+		l = &timeout.Learner{}
+		lg.learners[upstream] = l
+	}
+	return l
+}
+
+// upstreamLearners returns a copy of the upstream → learner map, so callers
+// read the learners without the hub's lock.
+func (lg *learning) upstreamLearners() map[string]*timeout.Learner {
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	ls := make(map[string]*timeout.Learner, len(lg.learners))
+	for k, l := range lg.learners {
+		ls[k] = l
+	}
+	return ls
 }

@@ -116,7 +116,7 @@ type publishResult struct {
 func publish(channel string, op frame.Opcode, p []byte, closeCode frame.StatusCode, closeReason string) publishResult {
 	res := publishResult{Channel: channel}
 	if hb := currentHub(); hb != nil {
-		for _, c := range hb.subscribers(channel) {
+		for _, c := range hb.channels.subscribers(channel) {
 			res.Subscribers++
 			if closeCode != 0 {
 				go c.relay.Close(closeCode, closeReason)
@@ -153,7 +153,7 @@ func logPublish(res publishResult) {
 func listChannels(w http.ResponseWriter) error {
 	out := map[string]int{}
 	if hb := currentHub(); hb != nil {
-		for k, v := range hb.channelCounts() {
+		for k, v := range hb.channels.counts() {
 			out[k] += v
 		}
 	}

@@ -91,17 +91,20 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		return h.refuse(w, r, rf)
 	}
 
-	release, rf := h.hub.reserve(requestIP(r), h.MaxConnections, h.MaxConnectionsPerIP)
+	release, rf := h.hub.limits.reserve(requestIP(r), h.MaxConnections, h.MaxConnectionsPerIP)
 	if rf != nil {
 		w.Header().Set("Retry-After", "5")
 		return h.refuse(w, r, rf)
 	}
-	relaying := false
+	// What a step took is given back here, in reverse, unless the relay
+	// starts: the connection's record then owns it until it ends.
+	var undo []func()
 	defer func() {
-		if !relaying {
-			release() // once the relay runs, the hub gives it back when it ends
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
 		}
 	}()
+	undo = append(undo, release)
 
 	hs := &handshake{id: newID(), hdr: forwardHeaders(r), extended: upgrade.IsExtendedConnect(r)}
 	hs.uri, hs.host = requestTarget(r)
@@ -111,11 +114,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	if rf := m.open(h, r.Context(), r, w, hs); rf != nil {
 		return h.backendFailed(w, r, hs.up, rf)
 	}
-	defer func() {
-		if !relaying {
-			hs.release()
-		}
-	}()
+	undo = append(undo, hs.release)
 	if hs.res.StatusCode != http.StatusSwitchingProtocols {
 		if h.unhealthyStatus(hs.res.StatusCode) {
 			h.hub.failed(h, hs.up, fmt.Sprintf("answered %d", hs.res.StatusCode))
@@ -145,10 +144,10 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	c := h.newConnection(r, hs.id, hs.up)
 	c.release = hs.release
 	c.relay = m.newRelay(h, c, hs, client)
-	relaying = true
+	undo = nil
 	h.opened(c)
 	for _, ch := range hs.channels {
-		h.hub.subscribe(c, ch)
+		h.hub.channels.subscribe(c, ch)
 	}
 	var fromBackend []byte
 	if hs.br != nil {

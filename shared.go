@@ -138,7 +138,7 @@ func (hb *hub) mergeShared(ctx context.Context) {
 		}
 		switch v.Kind {
 		case "upstream":
-			if hb.learner(v.Key).Merge(v.IdleTimeout) {
+			if hb.learning.learner(v.Key).Merge(v.IdleTimeout) {
 				changed = true
 				logger.Info("websocket took a shared backend idle timeout",
 					zap.String("upstream", v.Key), zap.Duration("idle_timeout", v.IdleTimeout),
@@ -146,7 +146,7 @@ func (hb *hub) mergeShared(ctx context.Context) {
 			}
 		case "network":
 			p, err := netip.ParsePrefix(v.Key)
-			if err == nil && hb.networks.ForNetwork(p).Merge(v.IdleTimeout) {
+			if err == nil && hb.learning.networks.ForNetwork(p).Merge(v.IdleTimeout) {
 				changed = true
 				logger.Info("websocket took a shared client network idle timeout",
 					zap.String("network", v.Key), zap.Duration("idle_timeout", v.IdleTimeout),

@@ -129,7 +129,7 @@ func (h *Handler) leastConn(avail []upstream) *upstream {
 	var best *upstream
 	least, ties := int64(-1), 0
 	for i := range avail {
-		n := h.hub.load(avail[i].raw).Load()
+		n := h.hub.loads.of(avail[i].raw).Load()
 		switch {
 		case least < 0 || n < least:
 			best, least, ties = &avail[i], n, 1
@@ -143,10 +143,32 @@ func (h *Handler) leastConn(avail []upstream) *upstream {
 	return best
 }
 
+// loadTable counts each upstream's live WebSockets and handshakes under
+// way, for least_conn.
+type loadTable struct {
+	mu    sync.Mutex
+	loads map[string]*loadCounter
+}
+
+// of returns the least_conn counter of an upstream.
+func (t *loadTable) of(raw string) *loadCounter {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.loads == nil {
+		t.loads = make(map[string]*loadCounter)
+	}
+	c := t.loads[raw]
+	if c == nil {
+		c = new(loadCounter)
+		t.loads[raw] = c
+	}
+	return c
+}
+
 // count counts a connection (or a handshake under way) against upstream
 // raw for least_conn until release, which may be called more than once.
-func (hb *hub) count(raw string) (release func()) {
-	load := hb.load(raw)
+func (t *loadTable) count(raw string) (release func()) {
+	load := t.of(raw)
 	load.Add(1)
 	return sync.OnceFunc(func() { load.Add(-1) })
 }
