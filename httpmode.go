@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
-	"github.com/caddy-websocket/caddy-websocket/internal/relay"
 	"github.com/caddy-websocket/caddy-websocket/internal/terminate"
 )
 
@@ -224,9 +223,7 @@ func (m httpMode) newRelay(h *Handler, c *connection, hs *handshake, client net.
 		MaxMessageSize: h.MaxMessageSize,
 		MaxMessageRate: h.MaxMessageRate,
 		Deflate:        hs.deflate,
-		OnClose:        func(sum relay.Summary) { h.closed(c, sum) },
-		OnDrop:         h.learnFrom(c),
-		OnPong:         observeRTT,
+		Hooks:          h.hooks(c),
 	})
 	return &httpModeConn{Conn: conn, session: s}
 }

@@ -47,6 +47,17 @@ func (h *Handler) mode() mode {
 	return tunnelMode{}
 }
 
+// hooks are what every mode tells the gateway of connection c: its end
+// (logs, metrics, the hub), drops to learn idle timeouts from, and keepalive
+// round trips.
+func (h *Handler) hooks(c *connection) relay.Hooks {
+	return relay.Hooks{
+		OnClose: func(s relay.Summary) { h.closed(c, s) },
+		OnDrop:  h.learnFrom(c),
+		OnPong:  observeRTT,
+	}
+}
+
 // wsBackend is how tunnel and terminate modes reach a backend: a dial and
 // a WebSocket upgrade (backend.go).
 type wsBackend struct{}
@@ -112,9 +123,7 @@ func (tunnelMode) newRelay(h *Handler, c *connection, hs *handshake, client net.
 	return tunnel.New(client, hs.backend, tunnel.Config{
 		Client:  hs.pol.Client,
 		Backend: hs.pol.Backend,
-		OnClose: func(s relay.Summary) { h.closed(c, s) },
-		OnDrop:  h.learnFrom(c),
-		OnPong:  observeRTT,
+		Hooks:   h.hooks(c),
 	})
 }
 
@@ -203,9 +212,7 @@ func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client n
 		ReconnectAttempts: side.ReconnectAttempts,
 		ReconnectWindow:   time.Duration(side.ReconnectWindow),
 		ReconnectBuffer:   side.ReconnectBuffer,
-		OnClose:           func(s relay.Summary) { h.closed(c, s) },
-		OnDrop:            h.learnFrom(c),
-		OnPong:            observeRTT,
+		Hooks:             h.hooks(c),
 		OnReconnect: func(attempt int, err error) {
 			if err != nil {
 				h.logger.Warn("websocket backend reconnect failed", zap.String("id", c.id), zap.Int("attempt", attempt), zap.Error(err))

@@ -115,3 +115,32 @@ type Stats struct {
 	Legs       PerSide[LegView]
 	Reconnects int
 }
+
+// Hooks is what every mode tells the gateway of a connection, and the clock
+// and close grace it runs on. Each mode's Config embeds it.
+type Hooks struct {
+	// CloseGrace is how long a leg that was sent a Close frame may take to
+	// answer and hang up before its socket is closed. Default 5s.
+	CloseGrace time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// OnClose, if set, is called once when the connection is over.
+	OnClose func(Summary)
+	// OnDrop, if set, is told when a side ends the connection on its own
+	// (vanishes, stops answering pings, or sends Close 1000/1001 first)
+	// after being silent both ways for silence: what timeout.Learner
+	// learns idle timeouts from.
+	OnDrop func(side Side, silence time.Duration)
+	// OnPong, if set, is told the round trip of each answered keepalive.
+	OnPong func(side Side, rtt time.Duration)
+}
+
+// Defaults fills in the clock and the close grace.
+func (h *Hooks) Defaults() {
+	if h.Now == nil {
+		h.Now = time.Now
+	}
+	if h.CloseGrace <= 0 {
+		h.CloseGrace = 5 * time.Second
+	}
+}

@@ -36,9 +36,6 @@ type Config struct {
 	MaxMessageRate float64
 	// Deflate is set when permessage-deflate was negotiated with the client.
 	Deflate bool
-	// CloseGrace is how long a side that was sent a Close frame may take to
-	// answer. Default 5s.
-	CloseGrace time.Duration
 	// Reconnect keeps the client when the backend connection drops and
 	// re-dials with Redial.
 	Reconnect bool
@@ -54,14 +51,7 @@ type Config struct {
 	Redial func(ctx context.Context) (net.Conn, []byte, error)
 	// OnReconnect, if set, is told of every re-dial attempt and its result.
 	OnReconnect func(attempt int, err error)
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-	// OnClose, if set, is called once when the connection is over.
-	OnClose func(relay.Summary)
-	// OnDrop is the tunnel's: a side ended on its own after silence.
-	OnDrop func(side relay.Side, silence time.Duration)
-	// OnPong is the tunnel's: the round trip of an answered keepalive.
-	OnPong func(side relay.Side, rtt time.Duration)
+	relay.Hooks
 }
 
 // queued is a client message held during a reconnect gap.
@@ -103,12 +93,7 @@ func New(client, backend net.Conn, cfg Config) *Conn {
 
 // newConn applies the defaults and makes the client's leg.
 func newConn(client net.Conn, cfg Config) *Conn {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.CloseGrace <= 0 {
-		cfg.CloseGrace = 5 * time.Second
-	}
+	cfg.Hooks.Defaults()
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = 1 << 20
 	}

@@ -35,20 +35,7 @@ const (
 type Config struct {
 	// Client and Backend are the idle-timeout policies of each leg.
 	Client, Backend timeout.Policy
-	// CloseGrace is how long a leg that was sent a Close frame may take to
-	// answer and hang up before its socket is closed. Default 5s.
-	CloseGrace time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-	// OnClose, if set, is called once when both legs are closed.
-	OnClose func(relay.Summary)
-	// OnDrop, if set, is told when a side ends the connection on its own
-	// (vanishes, stops answering pings, or sends Close 1000/1001 first)
-	// after being silent both ways for silence: what timeout.Learner
-	// learns idle timeouts from.
-	OnDrop func(side Side, silence time.Duration)
-	// OnPong, if set, is told the round trip of each answered keepalive.
-	OnPong func(side Side, rtt time.Duration)
+	relay.Hooks
 }
 
 // Conn is one relayed connection.
@@ -68,12 +55,7 @@ type Conn struct {
 // New returns a tunnel between an upgraded client connection and an upgraded
 // backend connection. Nothing moves until Start.
 func New(client, backend net.Conn, cfg Config) *Conn {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.CloseGrace <= 0 {
-		cfg.CloseGrace = 5 * time.Second
-	}
+	cfg.Hooks.Defaults()
 	c := &Conn{cfg: cfg}
 	c.start = cfg.Now()
 	c.legs.Client.init(c, Client, client, cfg.Client)

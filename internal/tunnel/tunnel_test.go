@@ -156,7 +156,7 @@ func TestOwnPongsAreConsumed(t *testing.T) {
 // summarised once with the client as closer.
 func TestSummary(t *testing.T) {
 	done := make(chan relay.Summary, 2)
-	client, backend, _ := pipes(t, Config{CloseGrace: 200 * time.Millisecond, OnClose: func(s relay.Summary) { done <- s }})
+	client, backend, _ := pipes(t, Config{Hooks: relay.Hooks{CloseGrace: 200 * time.Millisecond, OnClose: func(s relay.Summary) { done <- s }}})
 	go io.Copy(io.Discard, client)
 	msg := enc(true, true, frame.OpText, []byte("hello"))
 	closeF := enc(true, true, frame.OpClose, append([]byte{0x03, 0xe8}, "bye"...))
