@@ -39,6 +39,13 @@ type Mode interface {
 	Exit(err error)
 }
 
+// BeforeCloser is a Mode that reads its socket's state as its reader stops,
+// before the socket is closed: terminate mode's resume asks the kernel how
+// much of what it wrote the client acknowledged.
+type BeforeCloser interface {
+	BeforeClose()
+}
+
 // Leg is one WebSocket connection of a relayed pair, as the relay core
 // sees it: a socket, its reader, its liveness policy, its close state and
 // its counters. A leg's socket may be anything a net.Conn can be; when it
@@ -145,6 +152,9 @@ func (l *Leg) turn() {
 	}
 	l.park.Stop()
 	l.rd.Release()
+	if bc, ok := l.h.(BeforeCloser); ok {
+		bc.BeforeClose()
+	}
 	l.conn.Close()
 	l.h.Exit(why)
 }

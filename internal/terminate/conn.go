@@ -16,6 +16,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
@@ -51,6 +52,22 @@ type Config struct {
 	Redial func(ctx context.Context) (net.Conn, []byte, error)
 	// OnReconnect, if set, is told of every re-dial attempt and its result.
 	OnReconnect func(attempt int, err error)
+	// Resume keeps the backend when the client vanishes (its connection
+	// drops, or it stops answering Pings): the session detaches and waits
+	// ResumeWindow for the client to come back (Attach), holding up to
+	// ResumeBuffer bytes of messages for it. See resume.go.
+	Resume bool
+	// ResumeWindow: how long a detached session waits. Default 30s.
+	ResumeWindow time.Duration
+	// ResumeBuffer bounds the bytes of messages kept for a client that may
+	// not have read them, and held while it is away. Default 1 MiB.
+	ResumeBuffer int64
+	// OnDetach, OnResume and OnExpire, if set, are told when the session
+	// detaches (why), is resumed (how many messages were replayed), and
+	// ends without its client (why).
+	OnDetach func(reason string)
+	OnResume func(replayed int)
+	OnExpire func(why string)
 	relay.Hooks
 }
 
@@ -64,7 +81,7 @@ type queued struct {
 type Conn struct {
 	cfg    Config
 	start  time.Time
-	client *leg
+	client atomic.Pointer[leg] // replaced by Attach after a resume
 	push   pushQueue
 
 	mu         sync.Mutex
@@ -80,6 +97,15 @@ type Conn struct {
 	finished   bool
 	latest     backendLeg   // the latest backend, also during a gap, for counters
 	backendOld relay.Counts // counters of the backends it replaced
+
+	// Resume (resume.go).
+	detached   bool
+	detachedAt time.Time
+	held       []sentMsg // for the detached client, in order
+	heldSize   int64
+	expiry     *time.Timer
+	resumes    int
+	clientOld  relay.Counts // counters of the client legs it replaced
 }
 
 // New returns a terminated connection between an upgraded client connection
@@ -103,9 +129,16 @@ func newConn(client net.Conn, cfg Config) *Conn {
 	if cfg.ReconnectBuffer <= 0 {
 		cfg.ReconnectBuffer = 1 << 20
 	}
+	if cfg.ResumeWindow <= 0 {
+		cfg.ResumeWindow = 30 * time.Second
+	}
+	if cfg.ResumeBuffer <= 0 {
+		cfg.ResumeBuffer = 1 << 20
+	}
 	c := &Conn{cfg: cfg, start: cfg.Now()}
-	c.client = newEndpoint(c, relay.Client, client, cfg.Client)
-	c.client.deflate = cfg.Deflate
+	cl := newEndpoint(c, relay.Client, client, cfg.Client)
+	cl.deflate = cfg.Deflate
+	c.client.Store(cl)
 	return c
 }
 
@@ -115,11 +148,11 @@ func (c *Conn) Start(fromClient, fromBackend []byte) {
 	e, ok := c.backend.(*leg)
 	if !ok {
 		c.running = 1
-		go c.client.Run(fromClient)
+		go c.client.Load().Run(fromClient)
 		return
 	}
 	c.running = 2
-	go c.client.Run(fromClient)
+	go c.client.Load().Run(fromClient)
 	go e.Run(fromBackend)
 }
 
@@ -130,7 +163,7 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 	c.cfg.Client, c.cfg.Backend = client, backend
 	b := c.backend
 	c.mu.Unlock()
-	c.client.Live.SetPolicy(client)
+	c.client.Load().Live.SetPolicy(client)
 	if b != nil {
 		b.setPolicy(backend)
 	}
@@ -140,11 +173,13 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 // include those of backends it replaced.
 func (c *Conn) Stats() relay.Stats {
 	c.mu.Lock()
-	b, old, n := c.latest, c.backendOld, c.reconnects
+	b, old, n, cold := c.latest, c.backendOld, c.reconnects, c.clientOld
 	c.mu.Unlock()
 	bs := b.Stats()
 	bs.Counts = bs.Counts.Plus(old)
-	return relay.Stats{Legs: relay.PerSide[relay.LegView]{Client: c.client.Stats(), Backend: bs}, Reconnects: n}
+	cs := c.client.Load().Stats()
+	cs.Counts = cs.Counts.Plus(cold)
+	return relay.Stats{Legs: relay.PerSide[relay.LegView]{Client: cs, Backend: bs}, Reconnects: n}
 }
 
 // Policy returns the policy in force on a side.
@@ -171,10 +206,20 @@ func (c *Conn) Close(code frame.StatusCode, reason string) {
 	c.done = true
 	c.record("gateway", code, reason)
 	b := c.backend
+	finish := false
+	if c.detached {
+		// No client to tell: the backend alone closes.
+		c.detached, c.held, c.heldSize = false, nil, 0
+		c.expiry.Stop()
+		finish = c.running == 0
+	}
 	c.mu.Unlock()
-	c.client.close(code, reason)
+	c.client.Load().close(code, reason)
 	if b != nil {
 		b.close(code, reason)
+	}
+	if finish {
+		c.finish()
 	}
 }
 
@@ -188,8 +233,8 @@ func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
 
 // flushPeer writes what e's read queued for the other side.
 func (c *Conn) flushPeer(e *leg) {
-	if e != c.client {
-		c.client.flush()
+	if cl := c.client.Load(); e != cl {
+		cl.flush()
 		return
 	}
 	c.mu.Lock()
@@ -202,8 +247,16 @@ func (c *Conn) flushPeer(e *leg) {
 
 // message relays a complete message from e to the other side.
 func (c *Conn) message(e *leg, op frame.Opcode, p []byte) {
-	if e != c.client {
-		c.client.queueMessage(op, p)
+	if cl := c.client.Load(); e != cl {
+		if !cl.queueMessage(op, p) && c.cfg.Resume {
+			// The session detached from that client: hold the message.
+			c.mu.Lock()
+			if !c.detached || c.done {
+				c.mu.Unlock()
+				return
+			}
+			c.holdForClientLocked(op, p) // unlocks
+		}
 		return
 	}
 	c.mu.Lock()
@@ -234,7 +287,7 @@ func (c *Conn) hold(op frame.Opcode, p []byte) {
 	if c.queuedSize+int64(len(p)) > c.cfg.ReconnectBuffer {
 		c.done = true
 		c.record("gateway", frame.CloseInternalError, "reconnect buffer full")
-		go c.client.close(frame.CloseInternalError, "backend unavailable and reconnect buffer full")
+		go c.client.Load().close(frame.CloseInternalError, "backend unavailable and reconnect buffer full")
 		return
 	}
 	c.queue = append(c.queue, queued{op, append([]byte(nil), p...)})
@@ -244,7 +297,18 @@ func (c *Conn) hold(op frame.Opcode, p []byte) {
 // ended is told, once per leg, how its session ended.
 func (c *Conn) ended(e *leg, how ending) {
 	c.mu.Lock()
-	if e == c.client {
+	if e.taken.Load() {
+		c.mu.Unlock()
+		return // a client leg a new connection took over: the session goes on
+	}
+	if e == c.client.Load() {
+		if how.vanished && e.resumable() && !c.done && !c.detached {
+			if c.detachLocked(e, how.reason) {
+				c.mu.Unlock()
+				return
+			}
+			c.detached = false
+		}
 		c.done = true
 		closer := "client"
 		if !how.byPeer && how.code != frame.CloseAbnormal {
@@ -282,7 +346,12 @@ func (c *Conn) ended(e *leg, how ending) {
 	c.record(closer, how.code, how.reason)
 	c.mu.Unlock()
 	code, reason := forClient(how)
-	c.client.close(code, reason)
+	if c.detached {
+		// The backend ended while its client was away.
+		c.detached, c.held, c.heldSize = false, nil, 0
+		c.expiry.Stop()
+	}
+	c.client.Load().close(code, reason)
 }
 
 // reconnectable reports whether a backend's end is one to hide from the
@@ -375,7 +444,7 @@ func (c *Conn) redial() {
 	finish := c.running == 0
 	c.mu.Unlock()
 	if !wasDone {
-		c.client.close(frame.CloseInternalError, reason)
+		c.client.Load().close(frame.CloseInternalError, reason)
 	}
 	if finish {
 		c.finish()
@@ -417,7 +486,7 @@ func (c *Conn) resume(conn net.Conn, buffered []byte) bool {
 func (c *Conn) exited(e *leg) {
 	c.mu.Lock()
 	c.running--
-	last := c.running == 0 && !c.redialing
+	last := c.running == 0 && !c.redialing && !c.detached
 	c.mu.Unlock()
 	if last {
 		c.finish()

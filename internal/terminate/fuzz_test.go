@@ -48,7 +48,7 @@ func FuzzEndpoint(f *testing.F) {
 			a, b = b, a
 		}
 		for _, chunk := range [][]byte{in[:a], in[a:b], in[b:]} {
-			c.client.feed(append([]byte(nil), chunk...))
+			c.client.Load().feed(append([]byte(nil), chunk...))
 		}
 		bNear.Close()
 		cNear.Close()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
@@ -19,6 +20,10 @@ type ending struct {
 	byPeer bool
 	code   frame.StatusCode
 	reason string
+	// vanished: the peer went without a Close frame (its connection
+	// dropped, or it stopped answering Pings): a client that may come
+	// back, with resume on.
+	vanished bool
 }
 
 // leg is one WebSocket connection that the gateway terminates: the
@@ -51,10 +56,17 @@ type leg struct {
 	tokens   float64
 	tokensAt time.Time // message-rate bucket (client leg, MaxMessageRate)
 
+	// taken: a new connection of the same client took the session over;
+	// this leg's end is not the session's.
+	taken atomic.Bool
+
 	// Writer state, guarded by wmu.
-	wmu       sync.Mutex
-	closeSent bool
-	writeDead bool
+	wmu        sync.Mutex
+	closeSent  bool
+	writeDead  bool
+	detached   bool    // the session detached from this (client) leg: write nothing more
+	sent       sentLog // with resume: what the client may not have read
+	ackedKnown bool    // sent was trimmed by what TCP acknowledged at the end
 	hdrOut    [frame.MaxHeaderSize]byte
 	out       []byte // frames held for one write at the end of the peer's read (queueMessage)
 }
@@ -82,7 +94,7 @@ func (l *leg) Feed(b []byte) {
 // its reader is done.
 func (l *leg) Exit(err error) {
 	if err != relay.ErrGraceOver {
-		l.end(ending{code: frame.CloseAbnormal, reason: l.name() + " went away: " + err.Error()})
+		l.end(ending{code: frame.CloseAbnormal, reason: l.name() + " went away: " + err.Error(), vanished: true})
 	}
 	l.releaseMsg()
 	l.end(ending{code: frame.CloseAbnormal, reason: l.name() + " connection closed"})
@@ -105,8 +117,14 @@ func (l *leg) Timeout(act timeout.Action) {
 		l.end(ending{code: frame.CloseGoingAway, reason: l.name() + " idle timeout"})
 		return
 	}
+	if l.resumable() {
+		// A client that may come back on another path: no Close, which
+		// would end what it can still resume.
+		l.end(ending{code: frame.CloseGoingAway, reason: l.name() + " did not answer ping", vanished: true})
+		return
+	}
 	l.close(frame.CloseGoingAway, "ping timeout")
-	l.end(ending{code: frame.CloseGoingAway, reason: l.name() + " did not answer ping"})
+	l.end(ending{code: frame.CloseGoingAway, reason: l.name() + " did not answer ping", vanished: true})
 }
 
 // end tells the Conn, once, how this leg's session ended.
@@ -319,6 +337,7 @@ func (l *leg) control(op frame.Opcode, p []byte) {
 		l.writeControl(frame.OpPong, p)
 	case frame.OpPong:
 		if own, rtt := l.Live.Pong(p); own {
+			l.ponged(p)
 			if rtt > 0 && l.c.cfg.OnPong != nil {
 				l.c.cfg.OnPong(l.Side(), rtt)
 			}
@@ -384,8 +403,8 @@ func (l *leg) writeControl(op frame.Opcode, p []byte) {
 	var buf [frame.MaxHeaderSize + frame.MaxControlPayload]byte
 	f := frame.AppendFrame(buf[:0], op, p, !l.server(), frame.NewKey(!l.server()))
 	l.wmu.Lock()
-	if !l.closeSent {
-		l.writeLocked(f)
+	if !l.closeSent && !l.detached && l.writeLocked(f) && op == frame.OpPing {
+		l.sent.pings++
 	}
 	l.wmu.Unlock()
 }
@@ -412,6 +431,9 @@ func (l *leg) queueMessage(op frame.Opcode, p []byte) bool {
 }
 
 func (l *leg) send(op frame.Opcode, p []byte, queue bool) bool {
+	if l.resumable() {
+		return l.sendResumable(op, p)
+	}
 	h, p, done := l.prepare(op, p)
 	defer done()
 	l.wmu.Lock()
@@ -432,6 +454,32 @@ func (l *leg) send(op frame.Opcode, p []byte, queue bool) bool {
 		return l.writeLocked(l.hdrOut[:frame.PutHeader(l.hdrOut[:], h)], p)
 	}
 	return l.holdLocked(h, p)
+}
+
+// resumable reports whether this is a client leg whose session may be
+// resumed.
+func (l *leg) resumable() bool { return l.c.cfg.Resume && l.Side() == relay.Client }
+
+// sendResumable writes a message to a client leg that may be resumed: on
+// its own (no batching, so that its offset is where its last record ends)
+// and recorded until the client is known to have it. A message that
+// cannot be written to a connection that failed is recorded all the same:
+// it waits for the next client. false: the session detached from this leg,
+// or the client is closing.
+func (l *leg) sendResumable(op frame.Opcode, orig []byte) bool {
+	h, p, done := l.prepare(op, orig)
+	defer done()
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.detached || l.closeSent {
+		return false
+	}
+	if !l.pushesFirstLocked() && !l.writeDead {
+		return false
+	}
+	written := !l.writeDead && l.writeLocked(l.hdrOut[:frame.PutHeader(l.hdrOut[:], h)], p)
+	l.recordSentLocked(op, orig, written)
+	return true
 }
 
 // appendLocked frames a message into the held frames; the caller holds

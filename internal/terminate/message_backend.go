@@ -64,14 +64,14 @@ func NewMessageBackend(client net.Conn, up MessageBackend, cfg Config) *Conn {
 // (ping, pong) from the Upstream.
 func (c *Conn) Deliver(op frame.Opcode, p []byte) {
 	if op.IsControl() {
-		c.client.writeControl(op, p)
+		c.client.Load().writeControl(op, p)
 		return
 	}
-	c.client.queueMessage(op, p)
+	c.client.Load().queueMessage(op, p)
 }
 
 // FlushClient writes what Deliver held back.
-func (c *Conn) FlushClient() { c.client.flush() }
+func (c *Conn) FlushClient() { c.client.Load().flush() }
 
 // BackendEnded closes the client because the Upstream ended: with the
 // backend's own Close code (byPeer), or 1011 and why it failed.
@@ -85,5 +85,5 @@ func (c *Conn) BackendEnded(byPeer bool, code frame.StatusCode, reason string) {
 	c.record("backend", code, reason)
 	c.mu.Unlock()
 	cc, cr := forClient(ending{byPeer: byPeer, code: code, reason: reason})
-	c.client.close(cc, cr)
+	c.client.Load().close(cc, cr)
 }

@@ -70,7 +70,7 @@ func (c *Conn) Push(op frame.Opcode, p []byte) error {
 // writePushes is the goroutine Push starts: it writes what is queued
 // unless a relayed message took it first.
 func (c *Conn) writePushes() {
-	e := c.client
+	e := c.client.Load()
 	e.wmu.Lock()
 	ok := c.takePushesLocked(e, true) && e.flushLocked()
 	e.wmu.Unlock()
@@ -92,7 +92,7 @@ func (q *pushQueue) killLocked() {
 // writes next; the caller holds e.wmu. It reports false when they could
 // not be written.
 func (l *leg) pushesFirstLocked() bool {
-	if l != l.c.client || l.c.push.n.Load() == 0 {
+	if l != l.c.client.Load() || l.c.push.n.Load() == 0 {
 		return true
 	}
 	return l.c.takePushesLocked(l, false)

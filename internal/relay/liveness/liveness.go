@@ -165,6 +165,16 @@ func (w *Watch) NextPing() [8]byte {
 	return p
 }
 
+// PingSeq returns the sequence number of the gateway's own Ping that a
+// Pong payload answers (1 for a leg's first Ping), or false for a Pong that
+// answers no Ping of the gateway's.
+func PingSeq(p []byte) (uint32, bool) {
+	if len(p) != 8 || binary.BigEndian.Uint32(p[:4]) != pingTag {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(p[4:]), true
+}
+
 // PingSilence is how long the leg was silent before the last ping: when
 // that ping goes unanswered, the peer (or a middlebox) gave up within it.
 func (w *Watch) PingSilence() time.Duration { return w.pingSilence }

@@ -1,0 +1,285 @@
+package terminate
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/liveness"
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/quiet"
+)
+
+// Session resume, the client side's mirror of Reconnect: when the client
+// leg ends without a Close frame (its network dropped), the backend leg
+// stays; its messages are held; a new client connection that proves it
+// is the same client (the gateway's token, checked by the caller) is
+// attached and gets, in order, the messages the old one did not receive,
+// then live ones. The backend sees nothing.
+//
+// What the old client received is known two ways. Every Pong that answers
+// one of the gateway's keepalive Pings says the client read everything
+// written before that Ping: those messages are forgotten. For the rest,
+// on a TCP path (ws, wss) the kernel says how many bytes the client's TCP
+// acknowledged (TCP_INFO), and each message remembers the byte offset its
+// write ended at, TLS records included: a message whose last byte was
+// acknowledged reached the client. With resume on, the client leg writes
+// each message on its own (no batching), so that a message's last record
+// ends where its offset says. On a stream (HTTP/2, HTTP/3) there is no
+// TCP of its own: every message not acknowledged by a Pong is sent again,
+// and the client may get some twice.
+
+// ErrNotDetached: the session has a client (or has ended); Attach needs a
+// detached one.
+var ErrNotDetached = errors.New("the session is not waiting for its client")
+
+// sentMsg is a message written to the client that it may not have read.
+type sentMsg struct {
+	op    frame.Opcode
+	p     []byte // uncompressed: the next client leg may not deflate
+	end   uint64 // the socket's written-byte count after it; 0: unknown
+	pings uint32 // the gateway's Pings written before it
+}
+
+// sentLog is the client leg's record of such messages; guarded by the
+// leg's wmu.
+type sentLog struct {
+	msgs  []sentMsg
+	size  int64
+	pings uint32 // Pings written on this leg
+	lossy bool   // a message had to be forgotten unacknowledged
+}
+
+// record notes a message just written, with the socket's count after it.
+func (l *leg) recordSentLocked(op frame.Opcode, p []byte, written bool) {
+	s := &l.sent
+	var end uint64 // unknown: not written, or no TCP under it
+	if written {
+		end, _ = quiet.Written(l.Conn())
+	}
+	s.msgs = append(s.msgs, sentMsg{op: op, p: append([]byte(nil), p...), end: end, pings: s.pings})
+	s.size += int64(len(p))
+	if s.size <= l.c.cfg.ResumeBuffer {
+		return
+	}
+	// Past the bound: forget what the client's TCP has acknowledged.
+	if acked, ok := quiet.Acked(l.Conn()); ok {
+		l.forgetAckedLocked(acked)
+	}
+	for s.size > l.c.cfg.ResumeBuffer && len(s.msgs) > 0 {
+		s.size -= int64(len(s.msgs[0].p))
+		s.msgs = s.msgs[1:]
+		s.lossy = true
+	}
+}
+
+// forgetAckedLocked drops the messages whose last byte the client's TCP
+// acknowledged.
+func (l *leg) forgetAckedLocked(acked uint64) {
+	s := &l.sent
+	i := 0
+	for i < len(s.msgs) && s.msgs[i].end != 0 && s.msgs[i].end <= acked {
+		s.size -= int64(len(s.msgs[i].p))
+		i++
+	}
+	s.msgs = s.msgs[i:]
+}
+
+// ponged drops the messages written before the Ping that the Pong p
+// answers: the client has read them.
+func (l *leg) ponged(p []byte) {
+	seq, ok := liveness.PingSeq(p)
+	if !ok || !l.c.cfg.Resume || l.Side() != relay.Client {
+		return
+	}
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	s := &l.sent
+	i := 0
+	for i < len(s.msgs) && s.msgs[i].pings < seq {
+		s.size -= int64(len(s.msgs[i].p))
+		i++
+	}
+	s.msgs = s.msgs[i:]
+}
+
+// BeforeClose notes, for a client leg that may be resumed, what its
+// client acknowledged, while the socket still says.
+func (l *leg) BeforeClose() {
+	if !l.c.cfg.Resume || l.Side() != relay.Client {
+		return
+	}
+	if acked, ok := quiet.Acked(l.Conn()); ok {
+		l.wmu.Lock()
+		l.forgetAckedLocked(acked)
+		l.ackedKnown = true
+		l.wmu.Unlock()
+	}
+}
+
+// unreceived stops all writes to the leg and returns the messages its
+// client may not have received, in order; ok is false when some had to be
+// forgotten unacknowledged (the session cannot be resumed exactly).
+func (l *leg) unreceived() (msgs []sentMsg, ok bool) {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.detached = true // nothing more goes to the old client
+	if !l.ackedKnown {
+		if acked, known := quiet.Acked(l.Conn()); known {
+			l.forgetAckedLocked(acked)
+		}
+	}
+	msgs, ok = l.sent.msgs, !l.sent.lossy
+	l.sent = sentLog{}
+	return msgs, ok
+}
+
+// detachLocked makes the session wait for its client: the caller holds
+// c.mu and has checked that resume applies. It reports false when the
+// session cannot be resumed (it then ends as it would have).
+func (c *Conn) detachLocked(old *leg, reason string) bool {
+	msgs, ok := old.unreceived()
+	if !ok || c.cfg.ResumeWindow <= 0 {
+		return false
+	}
+	c.detached = true
+	c.detachedAt = c.cfg.Now()
+	c.held = msgs
+	c.heldSize = 0
+	for _, m := range msgs {
+		c.heldSize += int64(len(m.p))
+	}
+	if c.heldSize > c.cfg.ResumeBuffer {
+		return false
+	}
+	c.expiry = time.AfterFunc(c.cfg.ResumeWindow, c.expire)
+	if c.cfg.OnDetach != nil {
+		go c.cfg.OnDetach(reason)
+	}
+	return true
+}
+
+// holdForClientLocked keeps a backend message for the detached client; the
+// caller holds c.mu, which is released. Past ResumeBuffer the session ends
+// as the drop would have ended it.
+func (c *Conn) holdForClientLocked(op frame.Opcode, p []byte) {
+	if c.heldSize+int64(len(p)) > c.cfg.ResumeBuffer {
+		c.endDetachedLocked("resume buffer full")
+		return
+	}
+	c.held = append(c.held, sentMsg{op: op, p: append([]byte(nil), p...)})
+	c.heldSize += int64(len(p))
+	c.mu.Unlock()
+}
+
+// expire ends a session whose client did not come back within the window.
+func (c *Conn) expire() {
+	c.mu.Lock()
+	if !c.detached || c.done {
+		c.mu.Unlock()
+		return
+	}
+	c.endDetachedLocked("resume window over")
+}
+
+// endDetachedLocked ends a detached session: the backend gets what it
+// would have got at the drop (1001 "client went away"), only later. The
+// caller holds c.mu, which is released.
+func (c *Conn) endDetachedLocked(why string) {
+	c.detached = false
+	c.done = true
+	c.held, c.heldSize = nil, 0
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.record("client", frame.CloseAbnormal, "client went away and did not resume: "+why)
+	b := c.backend
+	finish := c.running == 0
+	c.mu.Unlock()
+	if c.cfg.OnExpire != nil {
+		c.cfg.OnExpire(why)
+	}
+	if b != nil {
+		code, reason := frame.CloseGoingAway, "client went away"
+		if _, msgs := b.(messageLeg); msgs {
+			code = frame.CloseAbnormal // a message backend hears DISCONNECT, as at the drop
+		}
+		b.close(code, reason)
+	}
+	if finish {
+		c.finish()
+	}
+}
+
+// Detached reports whether the session waits for its client, and until
+// when.
+func (c *Conn) Detached() (bool, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.detached {
+		return false, time.Time{}
+	}
+	return true, c.detachedAt.Add(c.cfg.ResumeWindow)
+}
+
+// TakeOver detaches a session whose client leg is still attached (a path
+// that went silent, not yet known dead): the client came back on a new
+// connection, so the old one is closed and what it did not acknowledge
+// waits for the new one. It reports whether the session is now detached.
+func (c *Conn) TakeOver() bool {
+	c.mu.Lock()
+	if c.detached {
+		c.mu.Unlock()
+		return true
+	}
+	old := c.client.Load()
+	if c.done || !c.cfg.Resume {
+		c.mu.Unlock()
+		return false
+	}
+	ok := c.detachLocked(old, "the client came back on a new connection")
+	old.taken.Store(true) // its end is not the session's
+	c.mu.Unlock()
+	if !ok {
+		c.Close(frame.CloseGoingAway, "client came back, but what it missed is no longer known")
+		return false
+	}
+	old.Conn().Close() // its reader exits; the session stays
+	return true
+}
+
+// Attach makes conn, an upgraded client connection, the client leg of a
+// detached session (deflate: permessage-deflate was negotiated on it):
+// the messages the old client did not receive go first, in order, then
+// relaying resumes. fromClient holds bytes read past the handshake.
+func (c *Conn) Attach(conn net.Conn, fromClient []byte, deflate bool) error {
+	c.mu.Lock()
+	if !c.detached || c.done {
+		c.mu.Unlock()
+		return ErrNotDetached
+	}
+	e := newEndpoint(c, relay.Client, conn, c.cfg.Client)
+	e.deflate = deflate
+	for _, m := range c.held {
+		if !e.writeMessage(m.op, m.p) {
+			c.mu.Unlock()
+			conn.Close()
+			return errors.New("the client went away again during the replay")
+		}
+	}
+	replayed := len(c.held)
+	c.held, c.heldSize = nil, 0
+	c.detached = false
+	c.expiry.Stop()
+	c.clientOld = c.clientOld.Plus(c.client.Load().Counts())
+	c.client.Store(e)
+	c.running++
+	c.resumes++
+	c.mu.Unlock()
+	if c.cfg.OnResume != nil {
+		c.cfg.OnResume(replayed)
+	}
+	go e.Run(fromClient)
+	return nil
+}
