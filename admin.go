@@ -195,8 +195,12 @@ type connView struct {
 	Subprotocol string  `json:"subprotocol,omitempty"`
 	Extensions  string  `json:"extensions,omitempty"` // negotiated with the client (Sec-WebSocket-Extensions)
 	Reconnects  int     `json:"reconnects"`
-	ClientLeg   legView `json:"client_leg"`
-	BackendLeg  legView `json:"backend_leg"`
+	// Detached: the client vanished and the session waits for it to
+	// resume, for ResumeLeftSeconds more.
+	Detached          bool    `json:"detached,omitempty"`
+	ResumeLeftSeconds float64 `json:"resume_left_seconds,omitempty"`
+	ClientLeg         legView `json:"client_leg"`
+	BackendLeg        legView `json:"backend_leg"`
 }
 
 // legView is one side: what it sent, the gateway's pings to it, and what
@@ -221,6 +225,7 @@ func (c *connection) view(now time.Time) connView {
 		Started: c.start.UTC().Format(time.RFC3339), AgeSeconds: now.Sub(c.start).Seconds(),
 		Subprotocol: c.subprotocol, Extensions: c.extensions, Reconnects: st.Reconnects,
 	}
+	v.Detached, v.ResumeLeftSeconds = detachedView(c, now)
 	var pol relay.PerSide[timeout.Policy]
 	pol.Client, pol.Backend = c.policies()
 	for _, side := range []relay.Side{relay.Client, relay.Backend} {

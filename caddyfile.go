@@ -64,6 +64,9 @@ import (
 //	        idle_timeout <duration>|off
 //	        write_timeout <duration>|off
 //	        announce
+//	        on_close close|resume
+//	        resume_window <duration>
+//	        resume_buffer <size>
 //	    }
 //	    backend {
 //	        keepalive <interval>|off|auto
@@ -342,7 +345,15 @@ func legBlock(d *caddyfile.Dispenser, name string) (*LegConfig, error) {
 			}
 			l.Announce = true
 		case "on_close":
-			err = choice(d, &l.OnClose, checkOnClose)
+			check := checkOnClose
+			if name == "client" {
+				check = func(v string) error { return oneOf(v, "close", "resume") }
+			}
+			err = choice(d, &l.OnClose, check)
+		case "resume_window":
+			err = duration(d, &l.ResumeWindow)
+		case "resume_buffer":
+			err = size(d, &l.ResumeBuffer)
 		case "discover":
 			// discover probe [<uri>]: the URI is where the backend's
 			// WebSockets are (the probe joins there, as a user would).
@@ -382,7 +393,8 @@ func legBlock(d *caddyfile.Dispenser, name string) (*LegConfig, error) {
 var legOptionSide = map[string]string{
 	"discover":           "backend",
 	"announce":           "client",
-	"on_close":           "backend",
+	"resume_window":      "client",
+	"resume_buffer":      "client",
 	"reconnect_attempts": "backend",
 	"reconnect_window":   "backend",
 	"reconnect_buffer":   "backend",

@@ -218,13 +218,15 @@ func (m httpMode) newRelay(h *Handler, c *connection, hs *handshake, client net.
 		h.logger.Debug("websocket backend speaks GRIP", zap.String("id", c.id), zap.String("message_prefix", g.Prefix))
 	}
 	s.OnControl(func(ctl overhttp.Control) { h.control(c, ctl) })
-	conn := terminate.NewMessageBackend(client, s, terminate.Config{
+	cfg := terminate.Config{
 		Client:         hs.pol.Client,
 		MaxMessageSize: h.MaxMessageSize,
 		MaxMessageRate: h.MaxMessageRate,
 		Deflate:        hs.deflate,
 		Hooks:          h.hooks(c),
-	})
+	}
+	h.applyResume(&cfg, c)
+	conn := terminate.NewMessageBackend(client, s, cfg)
 	return &httpModeConn{Conn: conn, session: s}
 }
 

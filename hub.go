@@ -41,6 +41,7 @@ type hub struct {
 	health   healthTable  // upstream health (health.go)
 	loads    loadTable    // least_conn counts (upstreams.go)
 	channels channelTable // push API subscriptions (channels.go)
+	resume   resumeTable  // resume tokens (resume.go)
 	probes   probes       // discovery probes (probe.go)
 	sharing  sharing      // learned values through Caddy's storage (shared.go)
 }
@@ -135,6 +136,7 @@ func (hb *hub) remove(id string) {
 		return
 	}
 	hb.channels.unsubscribeAll(c)
+	hb.resume.forget(c)
 	hb.limits.release(c.reservedIP)
 	if c.lifetime != nil {
 		c.lifetime.Stop()

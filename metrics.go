@@ -24,6 +24,7 @@ var wsMetrics = struct {
 	upgrades   *prometheus.CounterVec
 	closes     *prometheus.CounterVec
 	reconnects prometheus.Counter
+	resumes    *prometheus.CounterVec
 	drained    prometheus.Counter
 	rtt        *prometheus.HistogramVec
 	hub        *hubCollector
@@ -47,6 +48,10 @@ func initMetrics(reg *prometheus.Registry) error {
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "reconnects_total",
 			Help: "Backend connections re-dialled under a connected client (terminate mode).",
 		})
+		wsMetrics.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "resumes_total",
+			Help: "Client session resume (client on_close resume), by event: detached (the client vanished, the session waits), resumed (it came back), expired (the window or resume_buffer ran out).",
+		}, []string{"event"})
 		wsMetrics.rtt = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "pong_rtt_seconds",
 			Help:    "Round trip of the gateway's keepalive pings, by side.",
@@ -54,7 +59,7 @@ func initMetrics(reg *prometheus.Registry) error {
 		}, []string{"side"})
 		wsMetrics.hub = &hubCollector{}
 	})
-	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.drained, wsMetrics.reconnects, wsMetrics.rtt, wsMetrics.hub} {
+	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.drained, wsMetrics.reconnects, wsMetrics.resumes, wsMetrics.rtt, wsMetrics.hub} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -80,6 +85,12 @@ func countClose(closer string, code frame.StatusCode) {
 func countDrained() {
 	if wsMetrics.drained != nil {
 		wsMetrics.drained.Inc()
+	}
+}
+
+func countResume(event string) {
+	if wsMetrics.resumes != nil {
+		wsMetrics.resumes.WithLabelValues(event).Inc()
 	}
 }
 

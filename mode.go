@@ -222,6 +222,7 @@ func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client n
 			h.logger.Info("websocket backend reconnected", zap.String("id", c.id), zap.Int("attempt", attempt))
 		},
 	}
+	h.applyResume(&cfg, c)
 	if hs.deflate {
 		c.extensions = "permessage-deflate"
 	}

@@ -273,13 +273,28 @@ type LegConfig struct {
 	// nothing). Default "/".
 	ProbeURI string `json:"probe_uri,omitempty"`
 
-	// OnClose (backend side, terminate mode) is what happens when the
-	// backend connection drops without the client asking (it vanished,
-	// restarted with 1001/1012, stopped answering pings): "close" (the
-	// default) closes the client too; "reconnect" keeps the client and
-	// re-dials any upstream with backoff, holding the client's messages
-	// meanwhile and delivering them in order.
+	// OnClose is what happens when this side's connection drops without
+	// a Close frame. Backend side, terminate mode: "close" (the default)
+	// closes the client too; "reconnect" keeps the client and re-dials any
+	// upstream with backoff, holding the client's messages meanwhile and
+	// delivering them in order. Client side, terminate and http modes:
+	// "close" (the default) tells the backend the client went away;
+	// "resume" keeps the backend session for ResumeWindow, holding its
+	// messages, for the same client to come back with the token the
+	// gateway set in a cookie (ResumeCookie): it then gets what it missed,
+	// once, in order, and the backend sees nothing.
 	OnClose string `json:"on_close,omitempty"`
+
+	// ResumeWindow (client side, on_close resume) is how long a detached
+	// session waits for its client; then the backend gets 1001 "client went
+	// away", as at the drop. Default 30s.
+	ResumeWindow caddy.Duration `json:"resume_window,omitempty"`
+
+	// ResumeBuffer (client side, on_close resume) bounds the bytes of
+	// backend messages kept for a client that may not have read them and
+	// held while it is away; past it the session ends as the drop would
+	// have ended it. Default 1 MiB.
+	ResumeBuffer int64 `json:"resume_buffer,omitempty"`
 
 	// ReconnectAttempts bounds the re-dials after one drop. Default 0: no
 	// bound but ReconnectWindow.
@@ -401,6 +416,8 @@ func (h *Handler) Validate() error {
 	}
 	if h.Mode == "" || h.Mode == "tunnel" {
 		switch {
+		case h.Client != nil && h.Client.OnClose == "resume":
+			return fmt.Errorf("websocket: client on_close resume needs mode terminate or http: in tunnel mode the gateway does not own the client's handshake and frames, so it cannot replay what the client missed")
 		case h.MaxMessageSize != 0, h.Compression != "", len(h.Subprotocols) > 0,
 			h.Client != nil && h.Client.OnClose != "", h.Backend != nil && h.Backend.OnClose != "":
 			return fmt.Errorf("websocket: max_message_size, compression, subprotocols and on_close need mode terminate or http (a tunnel relays frames as they are)")
@@ -417,8 +434,19 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("websocket: request_timeout and max_pending must be positive")
 		}
 	}
-	if h.Client != nil && h.Client.OnClose != "" {
-		return fmt.Errorf("websocket: on_close belongs in the backend block")
+	if h.Client != nil {
+		if err := oneOf(h.Client.OnClose, "close", "resume"); err != nil {
+			return fmt.Errorf("websocket: client on_close: %v (a client is resumed, not reconnected: the gateway does not dial clients)", err)
+		}
+		if h.Client.ResumeWindow < 0 || h.Client.ResumeBuffer < 0 {
+			return fmt.Errorf("websocket: resume_window and resume_buffer must be positive")
+		}
+		if (h.Client.ResumeWindow != 0 || h.Client.ResumeBuffer != 0) && h.Client.OnClose != "resume" {
+			return fmt.Errorf("websocket: resume_window and resume_buffer need on_close resume in the client block")
+		}
+	}
+	if h.Backend != nil && (h.Backend.ResumeWindow != 0 || h.Backend.ResumeBuffer != 0) {
+		return fmt.Errorf("websocket: resume_window and resume_buffer belong in the client block")
 	}
 	if h.Backend != nil {
 		if err := checkOnClose(h.Backend.OnClose); err != nil {

@@ -38,6 +38,7 @@ func forwardHeaders(r *http.Request) http.Header {
 	hdr.Set("Connection", "Upgrade")
 	hdr.Set("Upgrade", "websocket")
 	hdr.Del(":protocol") // an HTTP/2 extended CONNECT's, kept in the map by Go's server
+	withoutResumeCookie(hdr)
 
 	// Like reverse_proxy: extend X-Forwarded-* only when the request came
 	// through a trusted proxy, otherwise replace what the client claimed.

@@ -106,6 +106,15 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	}()
 	undo = append(undo, release)
 
+	if h.resumeOn() {
+		// The same client back: its session, not a new backend connection.
+		if tok := resumeToken(r); tok != "" {
+			if c := h.hub.resume.take(tok); c != nil && h.serveResume(w, r, c) {
+				return nil // the session keeps its own reservation
+			}
+		}
+	}
+
 	hs := &handshake{id: newID(), hdr: forwardHeaders(r), extended: upgrade.IsExtendedConnect(r)}
 	hs.uri, hs.host = requestTarget(r)
 	hs.hdr.Set(IDHeader, hs.id)
@@ -134,6 +143,11 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	if h.Client != nil && h.Client.Announce {
 		h.announce(w.Header(), hs.pol.Client)
 	}
+	var token string
+	if h.resumeOn() {
+		token = newToken()
+		h.setResumeCookie(w.Header(), r, token)
+	}
 	client, fromClient, wait, err := h.takeOver(w, r, hs.extended)
 	if err != nil {
 		hs.closeBackend()
@@ -142,6 +156,9 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	c := h.newConnection(r, hs.id, hs.up)
+	if token != "" {
+		h.hub.resume.register(token, c)
+	}
 	c.release = hs.release
 	c.relay = m.newRelay(h, c, hs, client)
 	undo = nil

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project. On a fresh Debian machine it is
 # all the setup needed: it installs Debian's chromium (browser tests),
-# python3-websockets (interop tests) and haproxy (the fleet test) when they
+# python3-websockets (interop tests), haproxy (the fleet test) and iptables
+# (session resume over a blackholed path) when they
 # are missing. Node.js (for the
 # interop test with Node's WebSocket) comes with the machine.
 #
@@ -14,6 +15,7 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v iptables >/dev/null || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing ${missing[*]} (Debian packages)"
 	sudo=""

@@ -1,0 +1,376 @@
+package websocket_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
+	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
+)
+
+// chatMember is a member of the example chat through the gateway: a
+// reader answers the gateway's Pings and collects the room's lines.
+type chatMember struct {
+	name   string
+	raw    net.Conn // the TCP connection under it (to reset or blackhole it)
+	p      *wstest.Peer
+	wmu    sync.Mutex
+	cookie string // the resume token the gateway set
+	lines  chan string
+}
+
+// joinChat opens a WebSocket to the chat at addr (over TLS with secure)
+// with the resume cookie given, if any.
+func joinChat(t *testing.T, addr string, secure bool, name, cookie string) *chatMember {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	var c net.Conn = raw
+	if secure {
+		c = tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	}
+	host := addr
+	if secure {
+		host = "localhost"
+	}
+	req := "GET /ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + wstest.Key() + "\r\n"
+	if cookie != "" {
+		req += "Cookie: theme=dark; caddy_ws_resume=" + cookie + "\r\n"
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("%s joining: %v %v", name, err, res)
+	}
+	c.SetDeadline(time.Time{})
+	m := &chatMember{name: name, raw: raw, p: &wstest.Peer{Conn: c, R: br, Masked: true}, lines: make(chan string, 100)}
+	for _, ck := range res.Cookies() {
+		if ck.Name == "caddy_ws_resume" {
+			m.cookie = ck.Value
+			if !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/ws" || ck.Secure != secure || ck.MaxAge <= 0 {
+				t.Errorf("resume cookie %q", res.Header.Get("Set-Cookie"))
+			}
+		}
+	}
+	go func() {
+		for {
+			f, err := m.p.ReadFrame(time.Minute)
+			if err != nil {
+				close(m.lines)
+				return
+			}
+			switch f.Op {
+			case frame.OpPing:
+				m.wmu.Lock()
+				m.p.WriteFrame(frame.OpPong, f.Payload)
+				m.wmu.Unlock()
+			case frame.OpText:
+				m.lines <- string(f.Payload)
+			}
+		}
+	}()
+	return m
+}
+
+func (m *chatMember) say(t *testing.T, line string) {
+	t.Helper()
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	if err := m.p.WriteFrame(frame.OpText, []byte(m.name+":"+line)); err != nil {
+		t.Fatalf("%s: %v", m.name, err)
+	}
+}
+
+// hears waits for the line want, skipping others.
+func (m *chatMember) hears(t *testing.T, want string) time.Time {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-m.lines:
+			if !ok {
+				t.Fatalf("%s's connection ended waiting for %q", m.name, want)
+			}
+			if l == want {
+				return time.Now()
+			}
+		case <-timeout:
+			t.Fatalf("%s did not hear %q", m.name, want)
+		}
+	}
+}
+
+// hearsExactly reads the next lines and wants exactly these, then nothing
+// for a moment.
+func (m *chatMember) hearsExactly(t *testing.T, want ...string) time.Time {
+	t.Helper()
+	var first time.Time
+	for i, w := range want {
+		select {
+		case l := <-m.lines:
+			if l != w {
+				t.Fatalf("%s heard %q, want %q (line %d of %q)", m.name, l, w, i+1, want)
+			}
+			if i == 0 {
+				first = time.Now()
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s did not hear %q", m.name, w)
+		}
+	}
+	select {
+	case l := <-m.lines:
+		t.Fatalf("%s heard %q after %q: twice, or out of place", m.name, l, want)
+	case <-time.After(300 * time.Millisecond):
+	}
+	return first
+}
+
+// reset ends the member's TCP connection with a reset, as a network change
+// does.
+func (m *chatMember) reset() {
+	m.raw.(*net.TCPConn).SetLinger(0)
+	m.raw.Close()
+}
+
+// blackhole drops every packet of the member's connection on loopback,
+// both ways, as when a phone leaves a network: nobody is told.
+func (m *chatMember) blackhole(t *testing.T) {
+	t.Helper()
+	port := fmt.Sprint(m.raw.LocalAddr().(*net.TCPAddr).Port)
+	for _, dir := range []string{"--dport", "--sport"} {
+		rule := []string{"INPUT", "-i", "lo", "-p", "tcp", dir, port, "-j", "DROP"}
+		if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+	}
+}
+
+// room is the example chat with its members' arrivals and departures
+// logged, as the legacy servers' access logs did.
+type room struct {
+	*legacychat.Server
+	mu  sync.Mutex
+	log []string
+}
+
+func newRoom(t *testing.T, idle time.Duration) (*room, string) {
+	r := &room{Server: legacychat.New(idle)}
+	r.Logf = func(format string, args ...any) {
+		r.mu.Lock()
+		r.log = append(r.log, fmt.Sprintf(format, args...))
+		r.mu.Unlock()
+	}
+	srv := httptest.NewServer(r.Server)
+	t.Cleanup(srv.Close)
+	return r, hostOf(srv)
+}
+
+// count returns how many log lines contain s.
+func (r *room) count(s string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, l := range r.log {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *room) lines() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.log, "\n")
+}
+
+// TestSessionResume: two members of the example chat through a gateway
+// with client { on_close resume }, over ws and over wss (a site with an
+// access log and metrics). Alice's connection is reset, then (on her new
+// connection) blackholed while the gateway still thinks it alive, each
+// time while Bob says three lines; each time she comes back at once with
+// the cookie the gateway set, gets the three lines once each and in order,
+// and the room goes on. The backend logs no departure and no new arrival
+// for her. A wrong token is a new session; a member that does not come
+// back is let go after the window (the backend then logs the departure);
+// more than resume_buffer for an absent member ends its session.
+func TestSessionResume(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("blackholing a connection needs iptables as root (CI runs as root)")
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("iptables is not installed")
+		}
+		t.Skip("iptables is not installed")
+	}
+	// A room per scheme, so that the ws members' ends (at the end of their
+	// subtest) do not show in the wss room's log.
+	var rooms []*room
+	var roomAddrs []string
+	for range 2 {
+		r, a := newRoom(t, time.Minute)
+		rooms, roomAddrs = append(rooms, r), append(roomAddrs, a)
+	}
+	small, smallAddr := newRoom(t, time.Minute)
+	ca := wstest.NewCA(t)
+	route := func(upstream, extra string) string {
+		return `
+		websocket /ws ` + upstream + ` {
+			mode terminate
+			client {
+				keepalive 300ms
+				pong_timeout 5s
+				on_close resume
+				resume_window 2s
+				` + extra + `
+			}
+		}`
+	}
+	sites := `http://127.0.0.1:{PORT1} {` + route(roomAddrs[0], "") + `
+	}
+	https://localhost:{PORT2} {
+		tls ` + ca.CertFile + ` ` + ca.KeyFile + `
+		log {
+			output discard
+		}` + route(roomAddrs[1], "") + `
+	}
+	http://127.0.0.1:{PORT3} {` + route(smallAddr, "resume_buffer 20") + `
+	}`
+	addrs := wstest.StartCaddyGlobalPorts(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics", sites, 3)
+
+	top := t // Caddy's log is the top-level test's
+	for i, scheme := range []string{"ws", "wss"} {
+		t.Run(scheme, func(t *testing.T) {
+			addr, secure, chat := addrs[i], scheme == "wss", rooms[i]
+			joins, leaves := chat.count("joined"), chat.count("left")
+			alice := joinChat(t, addr, secure, "alice", "")
+			alice.say(t, "hello")
+			alice.hears(t, "alice:hello")
+			bob := joinChat(t, addr, secure, "bob", "")
+			bob.say(t, "hello")
+			alice.hears(t, "bob:hello")
+			bob.hears(t, "bob:hello")
+			if alice.cookie == "" {
+				t.Fatal("no resume cookie on the 101")
+			}
+
+			for round, drop := range []string{"reset", "blackhole"} {
+				// What alice read is acknowledged by her TCP within a
+				// delayed ACK; a path that dies before the acknowledgement
+				// leaves its bytes unacknowledged, and they are sent again.
+				time.Sleep(200 * time.Millisecond)
+				said := []string{}
+				for n := 1; n <= 3; n++ {
+					said = append(said, fmt.Sprintf("bob:%s line %d", drop, n))
+				}
+				if drop == "reset" {
+					alice.reset()
+					waitLogged(t, top, "websocket client detached; the session waits for it", round+1+2*i)
+				} else {
+					alice.blackhole(t)
+				}
+				for _, l := range said {
+					bob.say(t, strings.TrimPrefix(l, "bob:"))
+					bob.hears(t, l)
+				}
+				time.Sleep(100 * time.Millisecond) // written into the dead path, or held
+				back := time.Now()
+				old := alice.cookie
+				alice = joinChat(t, addr, secure, "alice", old)
+				first := alice.hearsExactly(t, said...)
+				t.Logf("%s, %s: alice back; the first missed line %v after her reconnect began", scheme, drop, first.Sub(back).Round(time.Millisecond))
+				if alice.cookie == "" || alice.cookie == old {
+					t.Fatalf("the resume's 101 set no new token (%q)", alice.cookie)
+				}
+				alice.say(t, "back after "+drop)
+				bob.hears(t, "alice:back after "+drop)
+				alice.hears(t, "alice:back after "+drop)
+			}
+			if j, l := chat.count("joined")-joins, chat.count("left")-leaves; j != 2 || l != 0 {
+				t.Fatalf("the backend logged %d arrivals and %d departures, want 2 and 0:\n%s", j, l, chat.lines())
+			}
+
+			// A wrong token is an ordinary new connection.
+			carol := joinChat(t, addr, secure, "carol", "AAAAAAAAAAAAAAAAAAAAAA")
+			carol.say(t, "hi")
+			bob.hears(t, "carol:hi")
+			if j := chat.count("joined") - joins; j != 3 {
+				t.Fatalf("a wrong token: %d arrivals, want 3", j)
+			}
+
+			// Alice does not come back: after the window, the backend
+			// hears she left.
+			alice.reset()
+			start := time.Now()
+			for chat.count("left")-leaves == 0 {
+				if time.Since(start) > 5*time.Second {
+					t.Fatalf("the backend was not told after the window:\n%s", chat.lines())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if d := time.Since(start); d < 1500*time.Millisecond {
+				t.Fatalf("the backend was told after %v, within the window", d)
+			}
+		})
+	}
+
+	t.Run("resume_buffer", func(t *testing.T) {
+		alice := joinChat(t, addrs[2], false, "alice", "")
+		bob := joinChat(t, addrs[2], false, "bob", "")
+		bob.say(t, "hi")
+		alice.hears(t, "bob:hi")
+		alice.reset()
+		time.Sleep(200 * time.Millisecond)
+		bob.say(t, "a line longer than twenty bytes")
+		start := time.Now()
+		for small.count("left") == 0 {
+			if time.Since(start) > 1500*time.Millisecond {
+				t.Fatalf("the session did not end when resume_buffer overflowed:\n%s", small.lines())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+
+	for _, e := range wstest.LogEntries(t, "websocket client resumed") {
+		if e["replayed"] != 3.0 {
+			t.Errorf("resumed log line: %v", e)
+		}
+	}
+	for _, e := range wstest.LogEntries(t, "websocket detached session ended") {
+		t.Logf("ended: %v", e)
+	}
+}
+
+// waitLogged waits until the gateway logged msg at least n times.
+func waitLogged(t, top *testing.T, msg string, n int) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if len(wstest.LogEntries(top, msg)) >= n {
+			return
+		}
+	}
+	t.Fatalf("%q not logged %d times", msg, n)
+}
