@@ -67,8 +67,8 @@ type leg struct {
 	detached   bool    // the session detached from this (client) leg: write nothing more
 	sent       sentLog // with resume: what the client may not have read
 	ackedKnown bool    // sent was trimmed by what TCP acknowledged at the end
-	hdrOut    [frame.MaxHeaderSize]byte
-	out       []byte // frames held for one write at the end of the peer's read (queueMessage)
+	hdrOut     [frame.MaxHeaderSize]byte
+	out        []byte // frames held for one write at the end of the peer's read (queueMessage)
 }
 
 func newEndpoint(c *Conn, side relay.Side, conn net.Conn, p timeout.Policy) *leg {
