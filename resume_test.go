@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
@@ -373,4 +375,103 @@ func waitLogged(t, top *testing.T, msg string, n int) {
 		}
 	}
 	t.Fatalf("%q not logged %d times", msg, n)
+}
+
+// TestBrowserSessionResume: the chat page in Chromium, set to reconnect
+// when its connection drops, as chat clients do. Its path is cut (what
+// the gateway sends it is dropped, and its own next packet is answered
+// with a reset, so the browser sees the drop when it next speaks, the
+// gateway not) while Bob says three lines; the page reconnects with the cookie the gateway set on
+// its 101 (the browser's own cookie handling), shows the three lines once
+// each and in order, and the backend never saw it leave or join again.
+func TestBrowserSessionResume(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("cutting a connection needs iptables as root (CI runs as root)")
+	}
+	browser := chromium(t)
+	chat, chatAddr := newRoom(t, time.Minute)
+	addr, admin := wstest.StartCaddyGlobal(t, "\tmetrics", fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		log {
+			output discard
+		}
+		websocket /ws %s {
+			mode terminate
+			client {
+				keepalive 300ms
+				pong_timeout 5s
+				on_close resume
+			}
+		}
+		reverse_proxy %[1]s
+	}`, chatAddr), true)
+	url := "http://" + addr + "/"
+	alice := member(t, browser, url, "alice")
+	if err := chromedp.Do(alice, chromedp.Click(chromedp.CSS("#reconnect"))); err != nil {
+		t.Fatal(err)
+	}
+	bob := joinChat(t, addr, false, "bob", "")
+	bob.say(t, "hi")
+	if err := chromedp.Do(alice, waitText("#log", "bob: hi", 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The page's connection is the one that is not Bob's.
+	var list struct {
+		Connections []struct {
+			Client string `json:"client"`
+		} `json:"connections"`
+	}
+	adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
+	var port string
+	for _, c := range list.Connections {
+		if _, p, _ := net.SplitHostPort(c.Client); p != fmt.Sprint(bob.raw.LocalAddr().(*net.TCPAddr).Port) {
+			port = p
+		}
+	}
+	if len(list.Connections) != 2 || port == "" {
+		t.Fatalf("admin list: %+v", list)
+	}
+	for _, rule := range [][]string{
+		// Not the reset the rule below answers with (it goes to that port).
+		{"INPUT", "-i", "lo", "-p", "tcp", "--dport", port, "!", "--tcp-flags", "RST", "RST", "-j", "DROP"},
+		{"INPUT", "-i", "lo", "-p", "tcp", "--sport", port, "-j", "REJECT", "--reject-with", "tcp-reset"},
+	} {
+		if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+	}
+	for n := 1; n <= 3; n++ {
+		bob.say(t, fmt.Sprintf("line %d", n))
+		bob.hears(t, fmt.Sprintf("bob:line %d", n))
+	}
+	// Headless Chromium has no network to lose: the page finds its path
+	// dead when it next sends (its line is lost with the path: a client's
+	// to send again).
+	time.Sleep(200 * time.Millisecond)
+	if err := say(alice, "are you there?"); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(alice, waitText("#log", "connection closed with code 1006", 5*time.Second),
+		waitText("#status", "connected as alice", 5*time.Second),
+		waitText("#log", "bob: line 3", 5*time.Second)); err != nil {
+		t.Fatalf("%v (status %q)", err, text(t, alice, "#status"))
+	}
+	time.Sleep(300 * time.Millisecond)
+	log := text(t, alice, "#log")
+	i1, i2, i3 := strings.Index(log, "bob: line 1"), strings.Index(log, "bob: line 2"), strings.Index(log, "bob: line 3")
+	if i1 < 0 || i2 < i1 || i3 < i2 || strings.Count(log, "bob: line") != 3 {
+		t.Fatalf("the page shows %q, want bob's three lines once each, in order", log)
+	}
+	t.Logf("the page: %s", log)
+	if err := say(alice, "back"); err != nil {
+		t.Fatal(err)
+	}
+	bob.hears(t, "alice:back")
+	if j, l := chat.count("joined"), chat.count("left"); j != 2 || l != 0 {
+		t.Fatalf("the backend logged %d arrivals and %d departures, want 2 and 0:\n%s", j, l, chat.lines())
+	}
+	if n := len(wstest.LogEntries(t, "websocket client resumed")); n != 1 {
+		t.Fatalf("%d resumes logged, want 1", n)
+	}
 }
