@@ -27,6 +27,7 @@ type h2Stream struct {
 	body     *io.PipeWriter
 	cancel   context.CancelFunc
 	ended    chan error // how the response body ended: nil at END_STREAM
+	res      *http.Response
 }
 
 func (s *h2Stream) Write(p []byte) (int, error) { return s.body.Write(p) }
@@ -35,7 +36,7 @@ func (s *h2Stream) Write(p []byte) (int, error) { return s.body.Write(p) }
 // to the site at addr. With read false, the response body is never read:
 // the client stops reading, and HTTP/2 flow control holds the server's
 // writes up.
-func dialH2(t *testing.T, addr, path string, read bool) (*wstest.Peer, *h2Stream) {
+func dialH2(t *testing.T, addr, path string, read bool, extra ...http.Header) (*wstest.Peer, *h2Stream) {
 	t.Helper()
 	// net/http's own client refuses the :protocol pseudo-header (extended
 	// CONNECT); x/net's, deprecated for everything else, sends it.
@@ -50,6 +51,11 @@ func dialH2(t *testing.T, addr, path string, read bool) (*wstest.Peer, *h2Stream
 	req.Host = "localhost"
 	req.Header.Set(":protocol", "websocket")
 	req.Header.Set("Sec-WebSocket-Version", "13")
+	for _, h := range extra {
+		for k, v := range h {
+			req.Header[k] = v
+		}
+	}
 	res, err := tr.RoundTrip(req)
 	if err != nil {
 		t.Fatalf("extended CONNECT: %v", err)
@@ -58,7 +64,7 @@ func dialH2(t *testing.T, addr, path string, read bool) (*wstest.Peer, *h2Stream
 		t.Fatalf("extended CONNECT answered %s", res.Status)
 	}
 	ours, theirs := net.Pipe()
-	s := &h2Stream{Conn: ours, body: pw, cancel: cancel, ended: make(chan error, 1)}
+	s := &h2Stream{Conn: ours, body: pw, cancel: cancel, ended: make(chan error, 1), res: res}
 	if read {
 		go func() {
 			_, err := io.Copy(theirs, res.Body)

@@ -1,6 +1,7 @@
 package websocket_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // TestStreamCloses: over HTTP/2 and HTTP/3, whoever closes — the client,
@@ -167,5 +170,146 @@ func deleteOnly(t *testing.T, admin string) {
 	}
 	if st := adminJSON(t, "DELETE", "http://"+admin+"/websocket/connections/"+list.Connections[0].ID+"?code=4002&reason=admin", nil); st != http.StatusOK {
 		t.Fatalf("DELETE: %d", st)
+	}
+}
+
+// TestStreamResume: session resume over HTTP/2 and HTTP/3 streams. The
+// stream's 200 sets the resume cookie; the client reads two messages and
+// answers the gateway's Ping (which confirms them: a stream has no TCP of
+// its own to ask), then its stream is reset while the backend says three
+// more; a new stream with the cookie gets exactly those three, in order,
+// and the backend heard nothing.
+func TestStreamResume(t *testing.T) {
+	t.Run("h2", func(t *testing.T) {
+		if inChild(t, "GODEBUG=http2xconnect=1") {
+			return
+		}
+		testStreamResume(t, "h2")
+	})
+	t.Run("h3", func(t *testing.T) {
+		if raceEnabled {
+			t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
+		}
+		testStreamResume(t, "h3")
+	})
+}
+
+func testStreamResume(t *testing.T, proto string) {
+	// The backend says what it is told to ("say:x" → "x"), and reports
+	// any Close it gets.
+	closes := make(chan frame.StatusCode, 4)
+	speak := make(chan string, 16)
+	backend := wstest.NewBackend(t, nil, func(p *wstest.Peer) {
+		go func() {
+			for s := range speak {
+				p.WriteFrame(frame.OpText, []byte(s))
+			}
+		}()
+		for {
+			f, err := p.ReadFrame(time.Minute)
+			if err != nil {
+				return
+			}
+			if f.Op == frame.OpClose {
+				code, _, _ := frame.ParseClose(f.Payload)
+				closes <- code
+				return
+			}
+		}
+	})
+	addr := httpsSite(t, `websocket /ws `+backend.Addr+` {
+			mode terminate
+			client {
+				keepalive 300ms
+				on_close resume
+			}
+		}`)
+	type conn struct {
+		p      *wstest.Peer
+		cookie string
+		reset  func()
+	}
+	dial := func(cookie string) conn {
+		hdr := http.Header{}
+		if cookie != "" {
+			hdr.Set("Cookie", "caddy_ws_resume="+cookie)
+		}
+		var res *http.Response
+		var c conn
+		if proto == "h2" {
+			p, s := dialH2(t, addr, "/ws", true, hdr)
+			res, c.p = s.res, p
+			c.reset = func() { s.cancel(); s.body.CloseWithError(context.Canceled) }
+		} else {
+			p, r, str := dialH3(t, addr, "/ws", hdr)
+			if p == nil {
+				t.Fatalf("extended CONNECT answered %d", r.StatusCode)
+			}
+			res, c.p = r, p
+			c.reset = func() {
+				str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+				str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestCanceled))
+			}
+		}
+		for _, ck := range res.Cookies() {
+			if ck.Name == "caddy_ws_resume" {
+				c.cookie = ck.Value
+			}
+		}
+		if c.cookie == "" {
+			t.Fatalf("no resume cookie on the stream's 200: %v", res.Header)
+		}
+		return c
+	}
+	read := func(c conn, want string) {
+		t.Helper()
+		for {
+			f, err := c.p.ReadFrame(5 * time.Second)
+			if err != nil {
+				t.Fatalf("waiting for %q: %v", want, err)
+			}
+			if f.Op == frame.OpPing {
+				c.p.WriteFrame(frame.OpPong, f.Payload)
+				continue
+			}
+			if string(f.Payload) != want {
+				t.Fatalf("got %q, want %q", f.Payload, want)
+			}
+			return
+		}
+	}
+	first := dial("")
+	speak <- "one"
+	speak <- "two"
+	read(first, "one")
+	read(first, "two")
+	// The gateway's next Ping, answered, confirms both.
+	for {
+		f, err := first.p.ReadFrame(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Op == frame.OpPing {
+			first.p.WriteFrame(frame.OpPong, f.Payload)
+			break
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	first.reset()
+	time.Sleep(300 * time.Millisecond)
+	for _, m := range []string{"three", "four", "five"} {
+		speak <- m
+	}
+	time.Sleep(100 * time.Millisecond)
+	again := dial(first.cookie)
+	for _, m := range []string{"three", "four", "five"} {
+		read(again, m)
+	}
+	speak <- "six"
+	read(again, "six")
+	select {
+	case code := <-closes:
+		t.Fatalf("the backend got Close %d", code)
+	default:
 	}
 }
