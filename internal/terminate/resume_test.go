@@ -17,7 +17,7 @@ import (
 
 type resumeEvents struct {
 	mu                          sync.Mutex
-	detached, resumed, expired  []string
+	detached, expired           []string
 	detachedCh, resumedCh, expC chan struct{}
 }
 
