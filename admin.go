@@ -267,7 +267,7 @@ func learnedView() any {
 		for _, c := range hb.snapshot() {
 			open[c.upstream()]++
 		}
-		for up, l := range hb.learning.upstreamLearners() {
+		for up, l := range hb.learning.learners.all() {
 			t, n := l.Learned()
 			out.Upstreams = append(out.Upstreams, upView{Upstream: up, IdleTimeoutSeconds: t.Seconds(), Drops: n, Open: open[up]})
 			delete(open, up)
@@ -281,7 +281,7 @@ func learnedView() any {
 		})
 	}
 	if hb := currentHub(); hb != nil {
-		health := hb.health.snapshot()
+		health := healthSnapshot(&hb.health)
 		seen := map[string]bool{}
 		for i := range out.Upstreams {
 			u := &out.Upstreams[i]

@@ -146,7 +146,7 @@ func (h *Handler) pick(all []upstream, tried map[string]bool, r *http.Request, w
 		return nil, nil
 	}
 	tried[u.raw] = true
-	return u, h.hub.loads.count(u.raw)
+	return u, countLoad(&h.hub.loads, u.raw)
 }
 
 // dialOne opens the TCP (or Unix) connection to one upstream.

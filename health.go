@@ -80,27 +80,6 @@ type hostHealth struct {
 	down       atomic.Bool // the last verdict, for metrics and the admin view
 }
 
-// healthTable holds the health record of every upstream seen.
-type healthTable struct {
-	mu    sync.Mutex
-	hosts map[string]*hostHealth
-}
-
-// of returns (and creates) the health record of an upstream.
-func (t *healthTable) of(raw string) *hostHealth {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.hosts == nil {
-		t.hosts = make(map[string]*hostHealth)
-	}
-	hh := t.hosts[raw]
-	if hh == nil {
-		hh = &hostHealth{}
-		t.hosts[raw] = hh
-	}
-	return hh
-}
-
 // healthy reports whether the upstream may be picked under h's passive
 // policy and the active checks' verdict.
 func (h *Handler) healthy(raw string) bool {
@@ -306,13 +285,8 @@ type healthState struct {
 }
 
 // healthSnapshot returns the health of every upstream seen.
-func (t *healthTable) snapshot() map[string]healthState {
-	t.mu.Lock()
-	hosts := make(map[string]*hostHealth, len(t.hosts))
-	for k, v := range t.hosts {
-		hosts[k] = v
-	}
-	t.mu.Unlock()
+func healthSnapshot(t *table[hostHealth]) map[string]healthState {
+	hosts := t.all()
 	out := make(map[string]healthState, len(hosts))
 	for k, hh := range hosts {
 		hh.mu.Lock()

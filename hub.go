@@ -36,14 +36,14 @@ type hub struct {
 	drainWindow time.Duration
 	draining    atomic.Bool
 
-	limits   limits       // max_connections, max_connections_per_ip (limits.go)
-	learning learning     // learned idle timeouts (policy.go)
-	health   healthTable  // upstream health (health.go)
-	loads    loadTable    // least_conn counts (upstreams.go)
-	channels channelTable // push API subscriptions (channels.go)
-	resume   resumeTable  // resume tokens (resume.go)
-	probes   probes       // discovery probes (probe.go)
-	sharing  sharing      // learned values through Caddy's storage (shared.go)
+	limits   limits             // max_connections, max_connections_per_ip (limits.go)
+	learning learning           // learned idle timeouts (policy.go)
+	health   table[hostHealth]  // upstream health (health.go)
+	loads    table[loadCounter] // least_conn counts (upstreams.go)
+	channels channelTable       // push API subscriptions (channels.go)
+	resume   resumeTable        // resume tokens (resume.go)
+	probes   probes             // discovery probes (probe.go)
+	sharing  sharing            // learned values through Caddy's storage (shared.go)
 }
 
 func loadHub() (*hub, error) {
@@ -105,12 +105,46 @@ func (hb *hub) snapshot() []*connection {
 
 // learnedTimeouts returns what was learned per upstream.
 func (hb *hub) learnedTimeouts() map[string]time.Duration {
-	ls := hb.learning.upstreamLearners()
+	ls := hb.learning.learners.all()
 	out := make(map[string]time.Duration, len(ls))
 	for k, l := range ls {
 		if t, _ := l.Learned(); t > 0 {
 			out[k] = t
 		}
+	}
+	return out
+}
+
+// table is the shape of the hub's per-upstream tables: a lock of its own
+// and a record per key, made on first use.
+type table[V any] struct {
+	mu sync.Mutex
+	m  map[string]*V
+}
+
+// of returns key's record, made on first use.
+func (t *table[V]) of(key string) *V {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = make(map[string]*V)
+	}
+	v := t.m[key]
+	if v == nil {
+		v = new(V)
+		t.m[key] = v
+	}
+	return v
+}
+
+// all returns a copy of the key → record map, so that callers read the
+// records without the table's lock.
+func (t *table[V]) all() map[string]*V {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]*V, len(t.m))
+	for k, v := range t.m {
+		out[k] = v
 	}
 	return out
 }

@@ -179,7 +179,7 @@ func (hubCollector) Collect(ch chan<- prometheus.Metric) {
 				pings[i] += l.Pings
 			}
 		}
-		for up, s := range hb.health.snapshot() {
+		for up, s := range healthSnapshot(&hb.health) {
 			v := 1.0
 			if s.down {
 				v = 0

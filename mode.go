@@ -296,7 +296,7 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 			return false
 		}
 		cur = next
-		c.moveTo(cur.raw, h.hub.loads.count(cur.raw))
+		c.moveTo(cur.raw, countLoad(&h.hub.loads, cur.raw))
 		return true
 	}
 	return redial, moved

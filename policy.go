@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,7 +27,7 @@ func (h *Handler) policyFor(up upstream, remoteAddr string) relay.PerSide[timeou
 	}
 	if h.Backend.auto() && up.raw != "" {
 		b := h.Backend.bounds()
-		l := h.hub.learning.learner(up.raw)
+		l := h.hub.learning.learners.of(up.raw)
 		p.Backend.Keepalive = l.Interval(b.min, b.max)
 		if t, _ := l.Learned(); t == 0 && h.hub.unproven(up.raw) {
 			// Nothing is proven safe but keepalive_min: the probe is still
@@ -88,7 +87,7 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 		}
 		b := h.Backend.bounds()
 		up := c.upstream()
-		l := h.hub.learning.learner(up)
+		l := h.hub.learning.learners.of(up)
 		if !l.Observe(silence, b.min) {
 			return
 		}
@@ -124,34 +123,6 @@ func (h *Handler) learn(c *connection, side relay.Side, silence time.Duration) {
 // learning is what was learned of idle timeouts: per upstream, and per
 // client network.
 type learning struct {
-	mu       sync.Mutex
-	learners map[string]*timeout.Learner
-	networks timeout.Networks // has its own lock
-}
-
-// learner returns the idle-timeout learner of a backend address.
-func (lg *learning) learner(upstream string) *timeout.Learner {
-	lg.mu.Lock()
-	defer lg.mu.Unlock()
-	if lg.learners == nil {
-		lg.learners = make(map[string]*timeout.Learner)
-	}
-	l := lg.learners[upstream]
-	if l == nil {
-		l = &timeout.Learner{}
-		lg.learners[upstream] = l
-	}
-	return l
-}
-
-// upstreamLearners returns a copy of the upstream → learner map, so callers
-// read the learners without the hub's lock.
-func (lg *learning) upstreamLearners() map[string]*timeout.Learner {
-	lg.mu.Lock()
-	defer lg.mu.Unlock()
-	ls := make(map[string]*timeout.Learner, len(lg.learners))
-	for k, l := range lg.learners {
-		ls[k] = l
-	}
-	return ls
+	learners table[timeout.Learner] // per upstream
+	networks timeout.Networks       // per client network
 }

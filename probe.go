@@ -61,7 +61,7 @@ func (h *Handler) probeUpstreams() {
 		return
 	}
 	for _, u := range h.pool.static {
-		if t, _ := h.hub.learning.learner(u.raw).Learned(); t > 0 {
+		if t, _ := h.hub.learning.learners.of(u.raw).Learned(); t > 0 {
 			continue
 		}
 		h.hub.probes.mu.Lock()
@@ -85,7 +85,7 @@ func (h *Handler) probeUpstreams() {
 // it.
 func (h *Handler) probe(u upstream) {
 	b := h.Backend.bounds()
-	l := h.hub.learning.learner(u.raw)
+	l := h.hub.learning.learners.of(u.raw)
 	proven := false
 	log := h.logger.With(zap.String("upstream", u.raw))
 	defer func() {

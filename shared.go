@@ -138,7 +138,7 @@ func (hb *hub) mergeShared(ctx context.Context) {
 		}
 		switch v.Kind {
 		case "upstream":
-			if hb.learning.learner(v.Key).Merge(v.IdleTimeout) {
+			if hb.learning.learners.of(v.Key).Merge(v.IdleTimeout) {
 				changed = true
 				logger.Info("websocket took a shared backend idle timeout",
 					zap.String("upstream", v.Key), zap.Duration("idle_timeout", v.IdleTimeout),

@@ -21,18 +21,23 @@ import (
 // behaves as Chromium does: its Close frame ends its side of the stream. A
 // stream ended before the Close is read (the gateway closed it as soon as
 // the client's side ended) is what browsers report as 1006.
-func TestStreamCloses(t *testing.T) {
+func TestStreamCloses(t *testing.T) { overStreams(t, testStreamCloses) }
+
+// overStreams runs test over HTTP/2 (in a child process whose Caddy runs
+// with GODEBUG=http2xconnect=1) and over HTTP/3 (without -race: Caddy's tls
+// app races with QUIC handshakes under the detector, its own race).
+func overStreams(t *testing.T, test func(t *testing.T, proto string)) {
 	t.Run("h2", func(t *testing.T) {
 		if inChild(t, "GODEBUG=http2xconnect=1") {
 			return
 		}
-		testStreamCloses(t, "h2")
+		test(t, "h2")
 	})
 	t.Run("h3", func(t *testing.T) {
 		if raceEnabled {
 			t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
 		}
-		testStreamCloses(t, "h3")
+		test(t, "h3")
 	})
 }
 
@@ -179,20 +184,7 @@ func deleteOnly(t *testing.T, admin string) {
 // its own to ask), then its stream is reset while the backend says three
 // more; a new stream with the cookie gets exactly those three, in order,
 // and the backend heard nothing.
-func TestStreamResume(t *testing.T) {
-	t.Run("h2", func(t *testing.T) {
-		if inChild(t, "GODEBUG=http2xconnect=1") {
-			return
-		}
-		testStreamResume(t, "h2")
-	})
-	t.Run("h3", func(t *testing.T) {
-		if raceEnabled {
-			t.Skip("caddytls races with QUIC handshakes under -race (Caddy's own); run without -race")
-		}
-		testStreamResume(t, "h3")
-	})
-}
+func TestStreamResume(t *testing.T) { overStreams(t, testStreamResume) }
 
 func testStreamResume(t *testing.T, proto string) {
 	// The backend says what it is told to ("say:x" → "x"), and reports

@@ -143,31 +143,9 @@ func (h *Handler) leastConn(avail []upstream) *upstream {
 	return best
 }
 
-// loadTable counts each upstream's live WebSockets and handshakes under
-// way, for least_conn.
-type loadTable struct {
-	mu    sync.Mutex
-	loads map[string]*loadCounter
-}
-
-// of returns the least_conn counter of an upstream.
-func (t *loadTable) of(raw string) *loadCounter {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.loads == nil {
-		t.loads = make(map[string]*loadCounter)
-	}
-	c := t.loads[raw]
-	if c == nil {
-		c = new(loadCounter)
-		t.loads[raw] = c
-	}
-	return c
-}
-
 // count counts a connection (or a handshake under way) against upstream
 // raw for least_conn until release, which may be called more than once.
-func (t *loadTable) count(raw string) (release func()) {
+func countLoad(t *table[loadCounter], raw string) (release func()) {
 	load := t.of(raw)
 	load.Add(1)
 	return sync.OnceFunc(func() { load.Add(-1) })

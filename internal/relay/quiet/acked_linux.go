@@ -14,36 +14,31 @@ import (
 // became of the network since. Over TLS they count the records on the
 // wire. ok is false when c has no TCP socket under it (an HTTP/2 or
 // HTTP/3 stream, an unknown wrapper) or the socket is closed.
-func Written(c net.Conn) (n uint64, ok bool) {
-	var out uint64
+func Written(c net.Conn) (n uint64, ok bool) { return counts(c, true) }
+
+// counts reads what the peer acknowledged, plus, with queued, what waits
+// in the send queue.
+func counts(c net.Conn, queued bool) (n uint64, ok bool) {
 	ok = control(c, func(fd int) bool {
 		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
 			return false
 		}
-		q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-		if err != nil || q < 0 {
-			return false
+		n = info.Bytes_acked
+		if queued {
+			q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+			if err != nil || q < 0 {
+				return false
+			}
+			n += uint64(q)
 		}
-		out = info.Bytes_acked + uint64(q)
 		return true
 	})
-	return out, ok
+	return n, ok
 }
 
 // Acked is what c's peer acknowledged; see Written.
-func Acked(c net.Conn) (n uint64, ok bool) {
-	var out uint64
-	ok = control(c, func(fd int) bool {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			return false
-		}
-		out = info.Bytes_acked
-		return true
-	})
-	return out, ok
-}
+func Acked(c net.Conn) (n uint64, ok bool) { return counts(c, false) }
 
 func control(c net.Conn, f func(fd int) bool) bool {
 	if tc, ok := c.(*tls.Conn); ok {
