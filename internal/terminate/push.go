@@ -67,12 +67,25 @@ func (c *Conn) Push(op frame.Opcode, p []byte) error {
 	return nil
 }
 
+// kickPushes starts the push writer if pushes wait and none runs.
+func (c *Conn) kickPushes() {
+	q := &c.push
+	q.mu.Lock()
+	start := len(q.items) > 0 && !q.running && !q.dead
+	q.running = q.running || start
+	q.mu.Unlock()
+	if start {
+		go c.writePushes()
+	}
+}
+
 // writePushes is the goroutine Push starts: it writes what is queued
 // unless a relayed message took it first.
 func (c *Conn) writePushes() {
 	e := c.client.Load()
 	e.wmu.Lock()
-	ok := c.takePushesLocked(e, true) && e.flushLocked()
+	// A client leg that may be resumed writes each push as it takes it.
+	ok := c.takePushesLocked(e, true) && (e.resumable() || e.flushLocked())
 	e.wmu.Unlock()
 	if !ok {
 		c.push.mu.Lock()
@@ -110,7 +123,29 @@ func (c *Conn) takePushesLocked(e *leg, last bool) bool {
 	if last {
 		q.running = false
 	}
+	if e.detached {
+		// The session waits for its client: so do the pushes, for the
+		// next client leg (Attach writes them).
+		q.items = append(items, q.items...)
+		for _, m := range q.items {
+			q.size += len(m.p)
+		}
+		q.n.Store(int32(len(q.items)))
+		q.mu.Unlock()
+		return true
+	}
 	q.mu.Unlock()
+	if e.resumable() && !e.closeSent {
+		// Each on its own and recorded, as the relayed messages are (a
+		// failed connection's wait for the next client leg).
+		for _, m := range items {
+			h, p, done := e.prepare(m.op, m.p)
+			written := !e.writeDead && e.writeLocked(e.hdrOut[:frame.PutHeader(e.hdrOut[:], h)], p)
+			done()
+			e.recordSentLocked(m.op, m.p, written)
+		}
+		return true
+	}
 	if e.closeSent || e.writeDead {
 		return len(items) == 0
 	}

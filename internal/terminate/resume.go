@@ -280,6 +280,7 @@ func (c *Conn) Attach(conn net.Conn, fromClient []byte, deflate bool) error {
 	if c.cfg.OnResume != nil {
 		c.cfg.OnResume(replayed)
 	}
+	c.kickPushes() // pushes that waited for the client
 	go e.Run(fromClient)
 	return nil
 }

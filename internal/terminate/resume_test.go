@@ -182,3 +182,28 @@ func TestResumeAcknowledgedByPong(t *testing.T) {
 	send(t, backend, "live")
 	expectMessage(t, again, "live")
 }
+
+// Pushes (the push API) to a detached session wait for the client like the
+// backend's messages, and come after them, in order.
+func TestResumePushesWait(t *testing.T) {
+	s, ev := startResumable(t, Config{})
+	reset(t, s.client)
+	waitFor(t, ev.detachedCh, "detach")
+	send(t, s.backend, "from the backend")
+	time.Sleep(50 * time.Millisecond)
+	if err := s.conn.Push(frame.OpText, []byte("pushed")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	g, p := tcptest.Pair(t)
+	client := peerOf(p, true)
+	if err := s.conn.Attach(g, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	expectMessage(t, client, "from the backend")
+	expectMessage(t, client, "pushed")
+	if err := s.conn.Push(frame.OpText, []byte("pushed again")); err != nil {
+		t.Fatal(err)
+	}
+	expectMessage(t, client, "pushed again")
+}
