@@ -307,7 +307,6 @@ func (c *Conn) ended(e *leg, how ending) {
 				c.mu.Unlock()
 				return
 			}
-			c.detached = false
 		}
 		c.done = true
 		closer := "client"

@@ -140,19 +140,16 @@ func (l *leg) unreceived() (msgs []sentMsg, ok bool) {
 // session cannot be resumed (it then ends as it would have).
 func (c *Conn) detachLocked(old *leg, reason string) bool {
 	msgs, ok := old.unreceived()
-	if !ok || c.cfg.ResumeWindow <= 0 {
+	var size int64
+	for _, m := range msgs {
+		size += int64(len(m.p))
+	}
+	if !ok || c.cfg.ResumeWindow <= 0 || size > c.cfg.ResumeBuffer {
 		return false
 	}
 	c.detached = true
 	c.detachedAt = c.cfg.Now()
-	c.held = msgs
-	c.heldSize = 0
-	for _, m := range msgs {
-		c.heldSize += int64(len(m.p))
-	}
-	if c.heldSize > c.cfg.ResumeBuffer {
-		return false
-	}
+	c.held, c.heldSize = msgs, size
 	c.expiry = time.AfterFunc(c.cfg.ResumeWindow, c.expire)
 	if c.cfg.OnDetach != nil {
 		go c.cfg.OnDetach(reason)
