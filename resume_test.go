@@ -261,9 +261,8 @@ func TestSessionResume(t *testing.T) {
 	}
 	http://127.0.0.1:{PORT3} {` + route(smallAddr, "resume_buffer 20") + `
 	}`
-	addrs := wstest.StartCaddyGlobalPorts(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics", sites, 3)
+	addrs, admin := wstest.StartCaddyGlobalPortsAdmin(t, "\tskip_install_trust\n\tauto_https disable_redirects\n\tmetrics", sites, 3)
 
-	top := t // Caddy's log is the top-level test's
 	for i, scheme := range []string{"ws", "wss"} {
 		t.Run(scheme, func(t *testing.T) {
 			addr, secure, chat := addrs[i], scheme == "wss", rooms[i]
@@ -279,7 +278,7 @@ func TestSessionResume(t *testing.T) {
 				t.Fatal("no resume cookie on the 101")
 			}
 
-			for round, drop := range []string{"reset", "blackhole"} {
+			for _, drop := range []string{"reset", "blackhole"} {
 				// What alice read is acknowledged by her TCP within a
 				// delayed ACK; a path that dies before the acknowledgement
 				// leaves its bytes unacknowledged, and they are sent again.
@@ -290,7 +289,28 @@ func TestSessionResume(t *testing.T) {
 				}
 				if drop == "reset" {
 					alice.reset()
-					waitLogged(t, top, "websocket client detached; the session waits for it", round+1+2*i)
+					// The admin list shows the session waiting, with the
+					// time it has left.
+					waiting := 0
+					for end := time.Now().Add(5 * time.Second); waiting != 1 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+						var list struct {
+							Connections []struct {
+								Upstream string  `json:"upstream"`
+								Detached bool    `json:"detached"`
+								Left     float64 `json:"resume_left_seconds"`
+							} `json:"connections"`
+						}
+						adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
+						waiting = 0
+						for _, c := range list.Connections {
+							if c.Upstream == roomAddrs[i] && c.Detached && c.Left > 0 && c.Left <= 2 {
+								waiting++
+							}
+						}
+					}
+					if waiting != 1 {
+						t.Fatal("the admin list shows no detached session")
+					}
 				} else {
 					alice.blackhole(t)
 				}
@@ -356,6 +376,11 @@ func TestSessionResume(t *testing.T) {
 		}
 	})
 
+	m := metrics(t, admin)
+	if m[`caddy_websocket_resumes_total{event="resumed"}`] != 4 || m[`caddy_websocket_resumes_total{event="detached"}`] < 6 ||
+		m[`caddy_websocket_resumes_total{event="expired"}`] < 3 || m[`caddy_websocket_upgrades_total{proto="h1",result="resumed"}`] != 4 {
+		t.Errorf("metrics: %v", m)
+	}
 	for _, e := range wstest.LogEntries(t, "websocket client resumed") {
 		if e["replayed"] != 3.0 {
 			t.Errorf("resumed log line: %v", e)
@@ -364,17 +389,6 @@ func TestSessionResume(t *testing.T) {
 	for _, e := range wstest.LogEntries(t, "websocket detached session ended") {
 		t.Logf("ended: %v", e)
 	}
-}
-
-// waitLogged waits until the gateway logged msg at least n times.
-func waitLogged(t, top *testing.T, msg string, n int) {
-	t.Helper()
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if len(wstest.LogEntries(top, msg)) >= n {
-			return
-		}
-	}
-	t.Fatalf("%q not logged %d times", msg, n)
 }
 
 // TestBrowserSessionResume: the chat page in Chromium, set to reconnect

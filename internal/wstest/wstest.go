@@ -109,6 +109,14 @@ func StartCaddyGlobalPorts(t testing.TB, global, sites string, n int) []string {
 	return startCaddyGlobal(t, global, sites, n, "off")
 }
 
+// StartCaddyGlobalPortsAdmin is StartCaddyGlobalPorts with the admin
+// endpoint on a free loopback port, whose address it returns second.
+func StartCaddyGlobalPortsAdmin(t testing.TB, global, sites string, n int) (addrs []string, admin string) {
+	t.Helper()
+	admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	return startCaddyGlobal(t, global, sites, n, admin), admin
+}
+
 func startCaddy(t testing.TB, sites string, n int, admin string) []string {
 	t.Helper()
 	return startCaddyGlobal(t, "", sites, n, admin)
