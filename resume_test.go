@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddy-websocket/caddy-websocket/examples/legacychat"
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
+	"github.com/caddy-websocket/caddy-websocket/internal/overhttp"
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
 
@@ -487,5 +488,66 @@ func TestBrowserSessionResume(t *testing.T) {
 	}
 	if n := len(wstest.LogEntries(t, "websocket client resumed")); n != 1 {
 		t.Fatalf("%d resumes logged, want 1", n)
+	}
+}
+
+// TestHTTPModeResume: session resume in mode http. The backend holds no
+// connection: it sees one OPEN and no DISCONNECT across the member's drop
+// and return, every request with the same Connection-Id; a push to the
+// member while it is away reaches it when it is back.
+func TestHTTPModeResume(t *testing.T) {
+	backend := newEventsBackend(t, echoEvents)
+	addr, admin := wstest.StartCaddyAdmin(t, fmt.Sprintf(`http://127.0.0.1:{PORT} {
+		websocket %s {
+			mode http
+			client {
+				on_close resume
+				resume_window 5s
+			}
+		}
+	}`, backend.URL))
+	alice := joinChat(t, addr, false, "alice", "")
+	alice.say(t, "one")
+	alice.hears(t, "alice:one")
+	var list struct {
+		Connections []struct {
+			ID       string `json:"id"`
+			Detached bool   `json:"detached"`
+		} `json:"connections"`
+	}
+	alice.reset()
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		adminJSON(t, "GET", "http://"+admin+"/websocket/connections", &list)
+		if len(list.Connections) == 1 && list.Connections[0].Detached {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("not detached: %+v", list)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+admin+"/websocket/connections/"+list.Connections[0].ID+"/messages", strings.NewReader("pushed while away"))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("push to a detached session: %v %v", err, res)
+	}
+	res.Body.Close()
+	alice = joinChat(t, addr, false, "alice", alice.cookie)
+	alice.hears(t, "pushed while away")
+	alice.say(t, "two")
+	alice.hears(t, "alice:two")
+	opens, ids := 0, map[string]bool{}
+	for _, r := range backend.requests() {
+		ids[r.header.Get("Connection-Id")] = true
+		for _, e := range r.events {
+			switch e.Type {
+			case overhttp.Open:
+				opens++
+			case overhttp.Disconnect, overhttp.Close:
+				t.Fatalf("the backend got %v", e.Type)
+			}
+		}
+	}
+	if opens != 1 || len(ids) != 1 {
+		t.Fatalf("the backend saw %d OPENs and %d connection ids, want 1 and 1", opens, len(ids))
 	}
 }
