@@ -527,7 +527,18 @@ func TestHTTPModeActiveHealthChecks(t *testing.T) {
 	eventually("b0")
 
 	// The checks themselves: an OPEN on /health, marked, then a
-	// DISCONNECT of the same Connection-Id.
+	// DISCONNECT of the same Connection-Id. The switches above can all
+	// happen within one interval: wait for three checks of b1 first.
+	countChecks := func() (n int) {
+		for _, r := range b1.requests() {
+			if r.header.Get("X-Websocket-Health-Check") == "1" && r.events[0].Type == overhttp.Open {
+				n++
+			}
+		}
+		return n
+	}
+	for end := time.Now().Add(3 * time.Second); countChecks() < 3 && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+	}
 	var checks int
 	reqs := b1.requests()
 	for i, r := range reqs {
