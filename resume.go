@@ -175,12 +175,15 @@ func (h *Handler) applyResume(cfg *terminate.Config, c *connection) {
 }
 
 // serveResume attaches the upgrade r to the session c whose token it
-// carried, if r fits it (same route and mode, the session's subprotocol
-// offered); ok false: serve r as a new connection.
+// carried, if r fits it (the same handler, path and mode, the session's
+// subprotocol offered); ok false: serve r as a new connection.
 func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, c *connection) (ok bool) {
 	rs, isResumable := c.relay.(resumable)
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
-	if !isResumable || c.path != r.URL.Path || c.mode != h.mode().name() ||
+	// Bound to the handler the session runs under (after a reload, its
+	// successor): browsers send a host's cookies to all its ports, and
+	// another site's route with the same path must not take the session.
+	if !isResumable || h.hub.ownerOf(c) != h || c.path != r.URL.Path || c.mode != h.mode().name() ||
 		(c.subprotocol != "" && !slices.Contains(offered, c.subprotocol)) {
 		return false
 	}

@@ -551,3 +551,35 @@ func TestHTTPModeResume(t *testing.T) {
 		t.Fatalf("the backend saw %d OPENs and %d connection ids, want 1 and 1", opens, len(ids))
 	}
 }
+
+// TestResumeTokenStaysOnItsSite: browsers send a host's cookies to every
+// port of it; a token from one site, offered on another site's route with
+// the same path, is an ordinary new connection there, and the first
+// site's session still waits for its client.
+func TestResumeTokenStaysOnItsSite(t *testing.T) {
+	roomA, addrA := newRoom(t, time.Minute)
+	roomB, addrB := newRoom(t, time.Minute)
+	site := func(port, upstream string) string {
+		return `http://127.0.0.1:{` + port + `} {
+		websocket /ws ` + upstream + ` {
+			mode terminate
+			client {
+				on_close resume
+			}
+		}
+	}
+	`
+	}
+	addrs := wstest.StartCaddyPorts(t, site("PORT1", addrA)+site("PORT2", addrB), 2)
+	alice := joinChat(t, addrs[0], false, "alice", "")
+	alice.say(t, "hi")
+	alice.hears(t, "alice:hi")
+	time.Sleep(200 * time.Millisecond)
+	alice.reset()
+	elsewhere := joinChat(t, addrs[1], false, "alice", alice.cookie)
+	elsewhere.say(t, "hi B")
+	elsewhere.hears(t, "alice:hi B")
+	if roomB.count("joined") != 1 || roomA.count("left") != 0 {
+		t.Fatalf("site B: %d arrivals (want a new session: 1); site A: %d departures (want 0)", roomB.count("joined"), roomA.count("left"))
+	}
+}
