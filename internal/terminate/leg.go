@@ -477,8 +477,7 @@ func (l *leg) sendResumable(op frame.Opcode, orig []byte) bool {
 	if !l.pushesFirstLocked() && !l.writeDead {
 		return false
 	}
-	written := !l.writeDead && l.writeLocked(l.hdrOut[:frame.PutHeader(l.hdrOut[:], h)], p)
-	l.recordSentLocked(op, orig, written)
+	l.writeRecordedLocked(h, p, op, orig)
 	return true
 }
 

@@ -140,9 +140,8 @@ func (c *Conn) takePushesLocked(e *leg, last bool) bool {
 		// failed connection's wait for the next client leg).
 		for _, m := range items {
 			h, p, done := e.prepare(m.op, m.p)
-			written := !e.writeDead && e.writeLocked(e.hdrOut[:frame.PutHeader(e.hdrOut[:], h)], p)
+			e.writeRecordedLocked(h, p, m.op, m.p)
 			done()
-			e.recordSentLocked(m.op, m.p, written)
 		}
 		return true
 	}

@@ -74,16 +74,30 @@ func (l *leg) recordSentLocked(op frame.Opcode, p []byte, written bool) {
 	}
 }
 
-// forgetAckedLocked drops the messages whose last byte the client's TCP
-// acknowledged.
-func (l *leg) forgetAckedLocked(acked uint64) {
+// writeRecordedLocked writes a prepared message (h, p; orig uncompressed)
+// to a resumable client leg and records it, as not received when the
+// connection failed. The caller holds wmu.
+func (l *leg) writeRecordedLocked(h frame.Header, p []byte, op frame.Opcode, orig []byte) {
+	written := !l.writeDead && l.writeLocked(l.hdrOut[:frame.PutHeader(l.hdrOut[:], h)], p)
+	l.recordSentLocked(op, orig, written)
+}
+
+// forgetLocked drops the oldest messages as long as received says the
+// client has them.
+func (l *leg) forgetLocked(received func(*sentMsg) bool) {
 	s := &l.sent
 	i := 0
-	for i < len(s.msgs) && s.msgs[i].end != 0 && s.msgs[i].end <= acked {
+	for i < len(s.msgs) && received(&s.msgs[i]) {
 		s.size -= int64(len(s.msgs[i].p))
 		i++
 	}
 	s.msgs = s.msgs[i:]
+}
+
+// forgetAckedLocked drops the messages whose last byte the client's TCP
+// acknowledged.
+func (l *leg) forgetAckedLocked(acked uint64) {
+	l.forgetLocked(func(m *sentMsg) bool { return m.end != 0 && m.end <= acked })
 }
 
 // ponged drops the messages written before the Ping that the Pong p
@@ -95,13 +109,7 @@ func (l *leg) ponged(p []byte) {
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	s := &l.sent
-	i := 0
-	for i < len(s.msgs) && s.msgs[i].pings < seq {
-		s.size -= int64(len(s.msgs[i].p))
-		i++
-	}
-	s.msgs = s.msgs[i:]
+	l.forgetLocked(func(m *sentMsg) bool { return m.pings < seq })
 }
 
 // BeforeClose notes, for a client leg that may be resumed, what its
