@@ -87,7 +87,32 @@ func (l *Leg) Init(side Side, conn net.Conn, h Mode, p timeout.Policy, grace tim
 	l.side, l.role, l.conn, l.h, l.grace = side, RoleOf(side), conn, h, grace
 	l.rd.Init(conn)
 	l.park.Init(conn, l.turn)
-	l.Live.Init(conn, &l.rd, p, start, now, &l.park)
+	l.Live.Init(&l.rd, p, start, now, &l.park)
+}
+
+// Write writes segs to the peer under the policy's write timeout and
+// records the write. A failed write starts closing the leg at once, which
+// wakes its reader: the peer is gone or not reading. The caller holds the
+// mode's write lock for the leg.
+func (l *Leg) Write(segs [][]byte) error {
+	if d, move := l.Live.WriteDeadline(); move {
+		l.conn.SetWriteDeadline(d)
+	}
+	var err error
+	if len(segs) == 1 {
+		// Most writes are one segment: a plain write, without the iovec
+		// array writev would keep on the socket.
+		_, err = l.conn.Write(segs[0])
+	} else {
+		nb := net.Buffers(segs)
+		_, err = nb.WriteTo(l.conn)
+	}
+	if err != nil {
+		l.Live.StartClosing(0)
+		return err
+	}
+	l.Live.Wrote()
+	return nil
 }
 
 // Side is the side the leg is on.

@@ -556,7 +556,7 @@ func (l *leg) writeRaw(bufs ...[]byte) bool {
 	if l.writeDead {
 		return false
 	}
-	if l.Live.Write(bufs) != nil {
+	if l.Write(bufs) != nil {
 		l.writeDead = true
 		return false
 	}

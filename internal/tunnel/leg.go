@@ -162,7 +162,7 @@ func (l *leg) writeLocked(segs net.Buffers) {
 	if len(segs) == 0 || l.writeDead {
 		return
 	}
-	if err := l.Live.Write(segs); err != nil {
+	if err := l.Write(segs); err != nil {
 		l.writeDead, l.writeErr = true, err
 		l.pending, l.pendClose = nil, false
 	}

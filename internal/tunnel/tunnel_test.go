@@ -30,7 +30,7 @@ func ownPong() []byte {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	w.Init(a, nil, timeout.Policy{}, time.Now(), time.Now, nil)
+	w.Init(a, timeout.Policy{}, time.Now(), time.Now, nil)
 	p := w.NextPing()
 	return p[:]
 }

@@ -1,5 +1,7 @@
-// Package liveness runs a leg's idle-timeout policy for every mode. It records what happens on the leg (reads, writes,
-// forwarded frames, pings) and asks timeout.Policy what to do and when.
+// Package liveness times a leg's idle-timeout policy for every mode: it
+// records what happens on the leg (reads, writes, forwarded frames, pings)
+// and asks timeout.Policy what to do and when. It only times and decides;
+// the socket's reads and writes are the leg's (package relay).
 // While the leg's reader runs, the policy's next event is the socket's read
 // deadline; once the leg has read nothing for ParkAfter, the reader parks
 // (package quiet) with the next event on a runtime timer. Either way the leg
@@ -9,7 +11,6 @@ package liveness
 import (
 	"encoding/binary"
 	"math/rand/v2"
-	"net"
 	"sync/atomic"
 	"time"
 
@@ -35,8 +36,7 @@ const spreadMax = 0.1
 // the leg's reader goroutine; the rest may be called from anywhere.
 type Watch struct {
 	policy atomic.Pointer[timeout.Policy]
-	conn   net.Conn
-	reads  ReadDeadliner // sets conn's read deadline
+	reads  ReadDeadliner // sets the socket's read deadline
 	waiter *quiet.Waiter // nil or not enabled: the reader never parks
 	start  time.Time
 	now    func() time.Time
@@ -63,15 +63,12 @@ type ReadDeadliner interface {
 	SetReadDeadline(t time.Time) error
 }
 
-// Init starts watching conn under policy, setting its read deadlines
-// through reads (nil: conn itself). Silence counts from start. The leg's
-// reader parks in waiter when it is quiet; waiter may be nil.
-func (w *Watch) Init(conn net.Conn, reads ReadDeadliner, policy timeout.Policy, start time.Time, now func() time.Time, waiter *quiet.Waiter) {
-	w.conn, w.start, w.now = conn, start, now
-	w.reads = reads
-	if reads == nil {
-		w.reads = conn
-	}
+// Init starts watching a leg under policy, setting its read deadlines
+// through reads. Silence counts from start. The leg's reader parks in
+// waiter when it is quiet; waiter may be nil. The watch only times and
+// decides: the socket's reads and writes are the leg's.
+func (w *Watch) Init(reads ReadDeadliner, policy timeout.Policy, start time.Time, now func() time.Time, waiter *quiet.Waiter) {
+	w.reads, w.start, w.now = reads, start, now
 	if waiter != nil && waiter.Enabled() {
 		w.waiter = waiter
 	}
@@ -319,42 +316,22 @@ func (w *Watch) state() timeout.State {
 	}
 }
 
-// ArmWrite puts a write deadline WriteTimeout ahead before a write. Moving
-// a deadline costs a timer update, so it moves only once more than half of
-// it is used. The caller holds the leg's write lock.
-func (w *Watch) ArmWrite() {
+// WriteDeadline returns the write deadline to put on the socket before a
+// write, WriteTimeout ahead, and false when the one already set will do:
+// moving a deadline costs a timer update, so it moves only once more than
+// half of it is used. The caller holds the leg's write lock (the socket
+// write itself is the leg's, relay.Leg.Write).
+func (w *Watch) WriteDeadline() (time.Time, bool) {
 	wt := w.policy.Load().WriteTimeout
 	if wt <= 0 {
-		return
+		return time.Time{}, false
 	}
 	now := w.Now()
-	if time.Duration(w.wdeadline-now) < wt/2 {
-		w.wdeadline = now + int64(wt)
-		w.conn.SetWriteDeadline(w.at(w.wdeadline))
+	if time.Duration(w.wdeadline-now) >= wt/2 {
+		return time.Time{}, false
 	}
-}
-
-// Write writes segs to the peer under the write timeout and records the
-// write. A failed write starts closing the leg at once, which wakes its
-// reader: the peer is gone or not reading. The caller holds the leg's
-// write lock.
-func (w *Watch) Write(segs [][]byte) error {
-	w.ArmWrite()
-	var err error
-	if len(segs) == 1 {
-		// Most writes are one segment: a plain write, without the iovec
-		// array writev would keep on the socket.
-		_, err = w.conn.Write(segs[0])
-	} else {
-		nb := net.Buffers(segs)
-		_, err = nb.WriteTo(w.conn)
-	}
-	if err != nil {
-		w.StartClosing(0)
-		return err
-	}
-	w.Wrote()
-	return nil
+	w.wdeadline = now + int64(wt)
+	return w.at(w.wdeadline), true
 }
 
 // Times is a snapshot of a leg's activity for the admin view.

@@ -22,7 +22,7 @@ func watch(t *testing.T, p timeout.Policy) (*Watch, *fakeClock) {
 	t.Cleanup(func() { a.Close(); b.Close() })
 	clk := &fakeClock{t: time.Date(2009, 12, 1, 0, 0, 0, 0, time.UTC)}
 	var w Watch
-	w.Init(a, nil, p, clk.t, clk.now, nil)
+	w.Init(a, p, clk.t, clk.now, nil)
 	w.spread = 0 // exact ping times; TestPingsSpread covers the spread
 	return &w, clk
 }
@@ -110,7 +110,7 @@ func TestPingsSpread(t *testing.T) {
 		a, b := net.Pipe()
 		clk := &fakeClock{t: time.Date(2009, 12, 1, 0, 0, 0, 0, time.UTC)}
 		var w Watch
-		w.Init(a, nil, p, clk.t, clk.now, nil)
+		w.Init(a, p, clk.t, clk.now, nil)
 		s := w.Snapshot()
 		d := s.Next.Sub(clk.t)
 		if s.NextAction != timeout.Ping || d < 9*time.Second || d > 10*time.Second {
@@ -138,7 +138,7 @@ func TestLingerAndPark(t *testing.T) {
 	defer pw.Stop()
 	clk := &fakeClock{t: time.Now()}
 	var w Watch
-	w.Init(near, nil, timeout.Policy{Keepalive: time.Hour}, clk.t, clk.now, &pw)
+	w.Init(near, timeout.Policy{Keepalive: time.Hour}, clk.t, clk.now, &pw)
 	w.spread = 0
 
 	if !w.WaitInPoller() {
