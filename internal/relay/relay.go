@@ -70,9 +70,9 @@ func (p *PerSide[T]) Of(s Side) *T {
 	return &p.Backend
 }
 
-// Summary describes a finished connection.
-type Summary struct {
-	Start, End time.Time
+// Ending is how a connection ended, in its first closer's account: what
+// happens to the other leg afterwards follows from it and is not recorded.
+type Ending struct {
 	// Closer is who ended the connection: "client", "backend" or "gateway".
 	Closer string
 	// Code and Reason are from the first Close frame (from the closer, or
@@ -80,6 +80,23 @@ type Summary struct {
 	// one.
 	Code   frame.StatusCode
 	Reason string
+}
+
+// Record keeps the first account of the end and ignores later ones. The
+// mode guards e with its connection's lock.
+func (e *Ending) Record(closer string, code frame.StatusCode, reason string) {
+	if e.Closer == "" {
+		e.Closer, e.Code, e.Reason = closer, code, reason
+	}
+}
+
+// Recorded reports whether the end has been told.
+func (e *Ending) Recorded() bool { return e.Closer != "" }
+
+// Summary describes a finished connection.
+type Summary struct {
+	Start, End time.Time
+	Ending
 	// Legs counts what each side sent and the keepalives it answered.
 	Legs PerSide[Counts]
 	// Reconnects counts the backend re-dials (terminate mode).
@@ -133,6 +150,15 @@ type Hooks struct {
 	OnDrop func(side Side, silence time.Duration)
 	// OnPong, if set, is told the round trip of each answered keepalive.
 	OnPong func(side Side, rtt time.Duration)
+}
+
+// Finish tells OnClose that the connection which started at start is
+// over, with the given end and the counters of its legs. The mode calls it
+// once, when its last reader is done.
+func (h *Hooks) Finish(e Ending, start time.Time, legs PerSide[Counts], reconnects int) {
+	if h.OnClose != nil {
+		h.OnClose(Summary{Start: start, End: h.Now(), Ending: e, Legs: legs, Reconnects: reconnects})
+	}
 }
 
 // Defaults fills in the clock and the close grace.

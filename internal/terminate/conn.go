@@ -92,8 +92,7 @@ type Conn struct {
 	redialing  bool
 	running    int // legs whose readers run
 	reconnects int
-	recorded   bool
-	sum        relay.Summary
+	end        relay.Ending
 	finished   bool
 	latest     backendLeg   // the latest backend, also during a gap, for counters
 	backendOld relay.Counts // counters of the backends it replaced
@@ -225,10 +224,7 @@ func (c *Conn) Close(code frame.StatusCode, reason string) {
 
 // record notes the first closer; the caller holds c.mu.
 func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
-	if !c.recorded {
-		c.recorded = true
-		c.sum.Closer, c.sum.Code, c.sum.Reason = closer, code, reason
-	}
+	c.end.Record(closer, code, reason)
 }
 
 // flushPeer writes what e's read queued for the other side.
@@ -499,13 +495,8 @@ func (c *Conn) finish() {
 		return
 	}
 	c.finished = true
-	s := c.sum
-	s.Reconnects = c.reconnects
+	end, n := c.end, c.reconnects
 	c.mu.Unlock()
 	st := c.Stats()
-	s.Start, s.End = c.start, c.cfg.Now()
-	s.Legs.Client, s.Legs.Backend = st.Legs.Client.Counts, st.Legs.Backend.Counts
-	if c.cfg.OnClose != nil {
-		c.cfg.OnClose(s)
-	}
+	c.cfg.Finish(end, c.start, relay.PerSide[relay.Counts]{Client: st.Legs.Client.Counts, Backend: st.Legs.Backend.Counts}, n)
 }

@@ -45,10 +45,7 @@ type Conn struct {
 	legs  relay.PerSide[leg]
 
 	mu      sync.Mutex
-	ended   bool // a closer has been recorded
-	closer  string
-	code    frame.StatusCode
-	reason  string
+	end     relay.Ending
 	readers int // readers still running (or parked)
 }
 
@@ -113,10 +110,7 @@ func (c *Conn) gatewayClose(clientCode frame.StatusCode, clientReason string, ba
 // record notes the first closer; later calls are ignored.
 func (c *Conn) record(closer string, code frame.StatusCode, reason string) {
 	c.mu.Lock()
-	if !c.ended {
-		c.ended = true
-		c.closer, c.code, c.reason = closer, code, reason
-	}
+	c.end.Record(closer, code, reason)
 	c.mu.Unlock()
 }
 
@@ -153,9 +147,5 @@ func (c *Conn) readerDone(l *leg, why string) {
 	if !last {
 		return
 	}
-	sum := relay.Summary{Closer: c.closer, Code: c.code, Reason: c.reason, Start: c.start, End: c.cfg.Now(),
-		Legs: relay.PerSide[relay.Counts]{Client: c.legs.Client.Counts(), Backend: c.legs.Backend.Counts()}}
-	if c.cfg.OnClose != nil {
-		c.cfg.OnClose(sum)
-	}
+	c.cfg.Finish(c.end, c.start, relay.PerSide[relay.Counts]{Client: c.legs.Client.Counts(), Backend: c.legs.Backend.Counts()}, 0)
 }
