@@ -160,51 +160,51 @@ func (h *Handler) dialOne(ctx context.Context, u upstream) (net.Conn, error) {
 
 // connect dials a backend the selection policy picks and sends it the
 // upgrade request of hs; see handshakeWith.
-func (h *Handler) connect(ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
-	backend, up, release, rf := h.dial(ctx, r, w)
-	hs.up = up
+func (h *Handler) connect(ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) (*backendConn, *refusal) {
+	conn, up, release, rf := h.dial(ctx, r, w)
 	if rf != nil {
-		return rf
+		return nil, rf
 	}
-	if rf := h.handshakeWith(ctx, hs, backend, writeRequest(hs.uri, hs.host, hs.hdr)); rf != nil {
+	b, rf := h.handshakeWith(ctx, up, hs.key, conn, writeRequest(hs.uri, hs.host, hs.hdr))
+	if rf != nil {
 		release()
 		h.hub.failed(h, up, rf.reason)
-		return rf
+		rf.upstream = up.raw
+		return nil, rf
 	}
-	hs.release = release
-	return nil
+	b.release = release
+	return b, nil
 }
 
-// handshakeWith runs TLS (for a TLS upstream) and the upgrade on a dialled
-// backend: it sends req and reads the answer into hs. A 101 is checked
-// against hs.key; any other answer is left in hs.res for the caller to pass
-// on, with hs.backend open. On a refusal the backend is closed.
-func (h *Handler) handshakeWith(ctx context.Context, hs *handshake, backend net.Conn, req []byte) *refusal {
+// handshakeWith runs TLS (for a TLS upstream) and the upgrade on conn,
+// dialled to up: it sends req and reads the answer. A 101 is checked
+// against key; any other answer is returned for the caller to pass on,
+// with the connection open. On a refusal the connection is closed.
+func (h *Handler) handshakeWith(ctx context.Context, up upstream, key string, backend net.Conn, req []byte) (*backendConn, *refusal) {
 	hsTimeout := time.Duration(h.HandshakeTimeout)
 	if hsTimeout <= 0 {
 		hsTimeout = DefaultHandshakeTimeout
 	}
-	if hs.up.tls {
-		tc, rf := h.startTLS(ctx, backend, hs.up, hsTimeout)
+	if up.tls {
+		tc, rf := h.startTLS(ctx, backend, up, hsTimeout)
 		if rf != nil {
 			backend.Close()
-			return rf
+			return nil, rf
 		}
 		backend = tc
 	}
 	res, br, rf := backendHandshake(backend, req, hsTimeout)
 	if rf != nil {
 		backend.Close()
-		return rf
+		return nil, rf
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
-		if rf := refused(upgrade.CheckResponse(res, hs.key)); rf != nil {
+		if rf := refused(upgrade.CheckResponse(res, key)); rf != nil {
 			backend.Close()
-			return rf
+			return nil, rf
 		}
 	}
-	hs.backend, hs.res, hs.br = backend, res, br
-	return nil
+	return &backendConn{up: up, conn: backend, res: res, br: br}, nil
 }
 
 // startTLS runs the TLS handshake with a backend, within the handshake

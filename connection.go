@@ -81,10 +81,11 @@ func (c *connection) end() {
 	}
 }
 
-func (h *Handler) newConnection(r *http.Request, id string, up upstream) *connection {
+func (h *Handler) newConnection(r *http.Request, id string, up upstream, a agreement) *connection {
 	ip, _ := clientIP(r.RemoteAddr)
 	return &connection{id: id, mode: h.mode().name(), proto: protoName(r), owner: h, up: up.raw, path: r.URL.Path,
-		remote: r.RemoteAddr, clientIP: ip, reservedIP: requestIP(r), start: time.Now()}
+		remote: r.RemoteAddr, clientIP: ip, reservedIP: requestIP(r), start: time.Now(),
+		subprotocol: a.subprotocol, extensions: a.extensions}
 }
 
 // protoName is the short name of the request's HTTP version.

@@ -214,16 +214,16 @@ func (h *Handler) checkHealth(ctx context.Context, u upstream) error {
 		return fmt.Errorf("dial: %s", dialReason(err))
 	}
 	req, key := gatewayRequest(u, uri, HealthCheckHeader)
-	hs := &handshake{key: key, up: u}
-	if rf := h.handshakeWith(ctx, hs, conn, req); rf != nil {
+	b, rf := h.handshakeWith(ctx, u, key, conn, req)
+	if rf != nil {
 		return fmt.Errorf("handshake: %s", rf.reason)
 	}
-	conn, br := hs.backend, hs.br
-	defer conn.Close()
+	defer b.close()
+	conn, br := b.conn, b.br
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
-	if hs.res.StatusCode != http.StatusSwitchingProtocols {
-		return fmt.Errorf("handshake: status %d", hs.res.StatusCode)
+	if b.res.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("handshake: status %d", b.res.StatusCode)
 	}
 	payload := []byte("health check")
 	if _, err := conn.Write(frame.AppendFrame(nil, frame.OpPing, payload, true, frame.NewKey(true))); err != nil {

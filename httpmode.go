@@ -48,13 +48,15 @@ func (httpMode) request(_ *http.Request, hs *handshake) {
 // 200 answer starting with OPEN becomes hs.res as a 101 with the backend's
 // headers; any other answer is left in hs.res for the client, as a
 // WebSocket backend's non-101 is.
-func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) (*backendConn, *refusal) {
 	all, rf := h.candidates(r)
 	if rf != nil {
-		return rf
+		return nil, rf
 	}
+	var b *backendConn
+	var lastUp string
 	failed, last := h.tries(all, r, w).run(ctx, func(u upstream, release func()) error {
-		hs.up = u
+		lastUp = u.raw
 		s, res, body, err := overhttp.Connect(ctx, h.sessionConfig(hs, u))
 		if err != nil {
 			release()
@@ -65,9 +67,9 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 			}
 			return final{err}
 		}
-		hs.release = release
+		b = &backendConn{up: u, release: release}
 		if s == nil {
-			hs.res = refusedOpen(res, body)
+			b.res = refusedOpen(res, body)
 			return nil
 		}
 		hdr := res.Header.Clone()
@@ -77,21 +79,21 @@ func (httpMode) open(h *Handler, ctx context.Context, r *http.Request, w http.Re
 		}
 		hdr.Del("Date")
 		hdr.Del("Server")
-		hs.session = s
-		hs.res = &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: hdr}
+		b.session = s
+		b.res = &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: hdr}
 		return nil
 	})
 	switch {
-	case last == nil && hs.res != nil:
-		return nil
+	case last == nil && b != nil:
+		return b, nil
 	case len(failed) == 0:
-		return noHealthyBackend(all)
+		return nil, noHealthyBackend(all)
 	}
-	rf = &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(failed, "; ")}
+	rf = &refusal{status: http.StatusBadGateway, code: "backend_unreachable", reason: strings.Join(failed, "; "), upstream: lastUp}
 	if errors.Is(last, overhttp.ErrTimeout) {
 		rf.status, rf.code = http.StatusGatewayTimeout, "backend_timeout"
 	}
-	return rf
+	return nil, rf
 }
 
 // refusedOpen is the client's answer when the backend refused OPEN: its
@@ -208,25 +210,21 @@ func unixPath(addr string) (string, bool) {
 	return string(b), err == nil
 }
 
-func (m httpMode) newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
-	c.subprotocol = hs.subprotocol
-	if hs.deflate {
-		c.extensions = "permessage-deflate"
-	}
-	s := hs.session
+func (m httpMode) newRelay(h *Handler, c *connection, e established) relayConn {
+	s := e.backend.session
 	if g, ok := s.Grip(); ok {
 		h.logger.Debug("websocket backend speaks GRIP", zap.String("id", c.id), zap.String("message_prefix", g.Prefix))
 	}
 	s.OnControl(func(ctl overhttp.Control) { h.control(c, ctl) })
 	cfg := terminate.Config{
-		Client:         hs.pol.Client,
+		Client:         e.pol.Client,
 		MaxMessageSize: h.MaxMessageSize,
 		MaxMessageRate: h.MaxMessageRate,
-		Deflate:        hs.deflate,
+		Deflate:        e.agreed.deflate,
 		Hooks:          h.hooks(c),
 	}
 	h.applyResume(&cfg, c)
-	conn := terminate.NewMessageBackend(client, s, cfg)
+	conn := terminate.NewMessageBackend(e.client, s, cfg)
 	return &httpModeConn{Conn: conn, session: s}
 }
 

@@ -27,14 +27,16 @@ type mode interface {
 	// request completes the backend's upgrade request in hs (hs.hdr,
 	// hs.key) from the client's.
 	request(r *http.Request, hs *handshake)
-	// open reaches a backend and makes its handshake: hs.res is its
-	// answer (a 101 to go on with, anything else to pass to the client).
-	open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal
-	// answer checks the backend's 101 and sets the client's 101 headers.
-	answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal
-	// newRelay builds the connection's newRelay over the hijacked client
-	// connection and the backend's; nothing moves until its Start.
-	newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn
+	// open reaches a backend and makes its handshake: the backend's
+	// answer is a 101 to go on with, or anything else to pass to the
+	// client.
+	open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) (*backendConn, *refusal)
+	// answer checks the backend's 101 (res), sets the client's 101
+	// headers in out and returns what they agree to.
+	answer(h *Handler, r *http.Request, res *http.Response, out http.Header) (agreement, *refusal)
+	// newRelay builds the connection's relay over the client's connection
+	// and the backend; nothing moves until its Start.
+	newRelay(h *Handler, c *connection, e established) relayConn
 }
 
 func (h *Handler) mode() mode {
@@ -63,7 +65,7 @@ func (h *Handler) hooks(c *connection) relay.Hooks {
 type wsBackend struct{}
 
 // open dials an upstream and sends the upgrade.
-func (wsBackend) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) *refusal {
+func (wsBackend) open(h *Handler, ctx context.Context, r *http.Request, w http.ResponseWriter, hs *handshake) (*backendConn, *refusal) {
 	return h.connect(ctx, r, w, hs)
 }
 
@@ -87,12 +89,12 @@ func (tunnelMode) request(r *http.Request, hs *handshake) {
 // answer passes the backend's 101 headers to the client as they came
 // (subprotocol, extensions, cookies); a stream's 200 has no upgrade
 // headers and no accept key.
-func (tunnelMode) answer(_ *Handler, _ *http.Request, hs *handshake, out http.Header) *refusal {
-	copyHeaders(out, hs.res.Header)
-	if hs.extended {
+func (tunnelMode) answer(_ *Handler, r *http.Request, res *http.Response, out http.Header) (agreement, *refusal) {
+	copyHeaders(out, res.Header)
+	if upgrade.IsExtendedConnect(r) {
 		dropUpgradeHeaders(out)
 	}
-	return nil
+	return agreement{subprotocol: res.Header.Get("Sec-WebSocket-Protocol"), extensions: res.Header.Get("Sec-WebSocket-Extensions")}, nil
 }
 
 // copyHeaders puts the backend's headers on the client's answer; cookies
@@ -117,12 +119,10 @@ func dropUpgradeHeaders(h http.Header) {
 	h.Del("Sec-WebSocket-Accept")
 }
 
-func (tunnelMode) newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
-	c.subprotocol = hs.res.Header.Get("Sec-WebSocket-Protocol")
-	c.extensions = hs.res.Header.Get("Sec-WebSocket-Extensions")
-	return tunnel.New(client, hs.backend, tunnel.Config{
-		Client:  hs.pol.Client,
-		Backend: hs.pol.Backend,
+func (tunnelMode) newRelay(h *Handler, c *connection, e established) relayConn {
+	return tunnel.New(e.client, e.backend.conn, tunnel.Config{
+		Client:  e.pol.Client,
+		Backend: e.pol.Backend,
 		Hooks:   h.hooks(c),
 	})
 }
@@ -153,16 +153,16 @@ func (terminateMode) request(_ *http.Request, hs *handshake) {
 // answer makes the gateway's own 101: the subprotocol the backend chose
 // (or the first required one the client offered), permessage-deflate when
 // the client offers it, and the backend's other headers (cookies).
-func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http.Header) *refusal {
+func (terminateMode) answer(h *Handler, r *http.Request, res *http.Response, out http.Header) (agreement, *refusal) {
 	// The push API can reach this connection: the backend may name its
 	// channels (a tunnel has no message boundary to push at, so its
 	// backend's headers pass as they are).
-	hs.channels = gripChannels(hs.res.Header)
+	a := agreement{channels: gripChannels(res.Header)}
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
-	chosen := hs.res.Header.Get("Sec-WebSocket-Protocol")
+	chosen := res.Header.Get("Sec-WebSocket-Protocol")
 	switch {
 	case chosen != "" && !slices.Contains(offered, chosen):
-		return &refusal{status: http.StatusBadGateway, code: "backend_invalid", header: "Sec-WebSocket-Protocol", value: chosen,
+		return a, &refusal{status: http.StatusBadGateway, code: "backend_invalid", header: "Sec-WebSocket-Protocol", value: chosen,
 			reason: fmt.Sprintf("backend chose subprotocol %q, which the client did not offer", chosen)}
 	case chosen == "":
 		for _, p := range h.Subprotocols {
@@ -172,12 +172,12 @@ func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http
 			}
 		}
 	}
-	for k, v := range hs.res.Header {
+	for k, v := range res.Header {
 		if !strings.HasPrefix(http.CanonicalHeaderKey(k), "Sec-Websocket-") {
 			copyHeaders(out, http.Header{k: v})
 		}
 	}
-	if hs.extended {
+	if upgrade.IsExtendedConnect(r) {
 		dropUpgradeHeaders(out)
 	} else {
 		out.Set("Upgrade", "websocket")
@@ -187,27 +187,26 @@ func (terminateMode) answer(h *Handler, r *http.Request, hs *handshake, out http
 	if chosen != "" {
 		out.Set("Sec-WebSocket-Protocol", chosen)
 	}
-	hs.subprotocol = chosen
+	a.subprotocol = chosen
 	if h.Compression != "off" && terminate.OffersDeflate(r.Header) {
 		out.Set("Sec-WebSocket-Extensions", terminate.DeflateResponse)
-		hs.deflate = true
+		a.deflate, a.extensions = true, "permessage-deflate"
 	}
-	return nil
+	return a, nil
 }
 
-func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client net.Conn) relayConn {
+func (terminateMode) newRelay(h *Handler, c *connection, e established) relayConn {
 	// What answer put in the client's 101 is what the relay speaks.
-	c.subprotocol = hs.subprotocol
 	side := h.Backend
 	if side == nil {
 		side = &LegConfig{}
 	}
 	cfg := terminate.Config{
-		Client:            hs.pol.Client,
-		Backend:           hs.pol.Backend,
+		Client:            e.pol.Client,
+		Backend:           e.pol.Backend,
 		MaxMessageSize:    h.MaxMessageSize,
 		MaxMessageRate:    h.MaxMessageRate,
-		Deflate:           hs.deflate,
+		Deflate:           e.agreed.deflate,
 		Reconnect:         side.OnClose == "reconnect",
 		ReconnectAttempts: side.ReconnectAttempts,
 		ReconnectWindow:   time.Duration(side.ReconnectWindow),
@@ -223,11 +222,8 @@ func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client n
 		},
 	}
 	h.applyResume(&cfg, c)
-	if hs.deflate {
-		c.extensions = "permessage-deflate"
-	}
 	if cfg.Reconnect {
-		redial, moved := h.redialer(c, hs, c.subprotocol)
+		redial, moved := h.redialer(c, e.req, e.backend.up, e.agreed.subprotocol)
 		cfg.Redial = redial
 		log := cfg.OnReconnect
 		cfg.OnReconnect = func(attempt int, err error) {
@@ -238,7 +234,7 @@ func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client n
 			log(attempt, err)
 		}
 	}
-	return terminate.New(client, hs.backend, cfg)
+	return terminate.New(e.client, e.backend.conn, cfg)
 }
 
 // redialer returns the Redial of a terminated connection, and moved, to
@@ -250,7 +246,7 @@ func (terminateMode) newRelay(h *Handler, c *connection, hs *handshake, client n
 // upstreams, health and TLS settings. The request is kept as bytes, not as
 // a header map: it is held for the connection's life. A re-dial offers
 // the backend only the subprotocol the client has, and a key of its own.
-func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial func(context.Context) (net.Conn, []byte, error), moved func() bool) {
+func (h *Handler) redialer(c *connection, hs *handshake, first upstream, chosen string) (redial func(context.Context) (net.Conn, []byte, error), moved func() bool) {
 	hdr := hs.hdr
 	if chosen != "" {
 		hdr.Set("Sec-WebSocket-Protocol", chosen)
@@ -262,7 +258,7 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 	head := slices.Clip(req[:len(req)-2]) // up to the blank line
 	// Both closures run on the connection's one re-dial goroutine, in
 	// turn: cur and next need no lock.
-	cur, next := hs.up, hs.up
+	cur, next := first, first
 	redial = func(ctx context.Context) (net.Conn, []byte, error) {
 		o := h.hub.ownerOf(c)
 		var conn net.Conn
@@ -274,16 +270,16 @@ func (h *Handler) redialer(c *connection, hs *handshake, chosen string) (redial 
 				return errors.New(dialReason(err))
 			}
 			key := newKey()
-			re := &handshake{key: key, up: u}
-			if rf := o.handshakeWith(ctx, re, b, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...)); rf != nil {
+			re, rf := o.handshakeWith(ctx, u, key, b, append(head, "Sec-WebSocket-Key: "+key+"\r\n\r\n"...))
+			if rf != nil {
 				return errors.New(rf.reason)
 			}
 			if re.res.StatusCode != http.StatusSwitchingProtocols {
-				re.backend.Close()
+				re.close()
 				return fmt.Errorf("backend answered %s", re.res.Status)
 			}
 			next = u
-			conn, initial = re.backend, buffered(re.br)
+			conn, initial = re.conn, buffered(re.br)
 			return nil
 		})
 		if conn == nil {

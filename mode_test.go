@@ -54,9 +54,13 @@ func TestModeAnswers(t *testing.T) {
 			if r.Header == nil {
 				r.Header = http.Header{}
 			}
-			hs := &handshake{extended: tc.extended, res: &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: tc.backend}}
+			if tc.extended {
+				// An HTTP/3 extended CONNECT, as quic-go hands it over.
+				r.Method, r.ProtoMajor, r.Proto = http.MethodConnect, 3, "websocket"
+			}
+			res := &http.Response{StatusCode: http.StatusSwitchingProtocols, Header: tc.backend}
 			out := http.Header{"Set-Cookie": {"a=1"}} // a cookie selection policy's
-			rf := tc.m.answer(&tc.h, r, hs, out)
+			_, rf := tc.m.answer(&tc.h, r, res, out)
 			if tc.status != 0 {
 				if rf == nil || rf.status != tc.status {
 					t.Fatalf("refusal %v, want status %d", rf, tc.status)

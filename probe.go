@@ -114,24 +114,23 @@ func (h *Handler) probe(u upstream) {
 		uri = "/"
 	}
 	req, key := gatewayRequest(u, uri, ProbeHeader)
-	hs := &handshake{key: key, up: u}
-	if rf := h.handshakeWith(ctx, hs, conn, req); rf != nil {
+	pb, rf := h.handshakeWith(ctx, u, key, conn, req)
+	if rf != nil {
 		log.Warn("websocket probe refused", zap.String("reason", rf.reason))
 		return
 	}
-	if hs.res.StatusCode != http.StatusSwitchingProtocols {
-		hs.backend.Close()
-		log.Warn("websocket probe refused", zap.Int("status", hs.res.StatusCode))
+	defer pb.close()
+	if pb.res.StatusCode != http.StatusSwitchingProtocols {
+		log.Warn("websocket probe refused", zap.Int("status", pb.res.StatusCode))
 		return
 	}
-	defer hs.backend.Close()
 	start := time.Now()
 	log.Info("websocket probe started", zap.Duration("keepalive_max", b.max),
 		zap.Duration("users_keepalive", b.min))
 	// Silent until the backend hangs up or sends Close, or keepalive_max
 	// has passed: then nothing needs learning.
-	hs.backend.SetReadDeadline(start.Add(b.max + time.Second))
-	run, err := watchUntilDropped(hs.br, start)
+	pb.conn.SetReadDeadline(start.Add(b.max + time.Second))
+	run, err := watchUntilDropped(pb.br, start)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		proven = true
 		log.Info("websocket probe survived keepalive_max; nothing to learn", zap.Duration("silence", time.Since(start)))

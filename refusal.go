@@ -13,6 +13,9 @@ type refusal struct {
 	reason string
 	// header and value name the offending request header, if one.
 	header, value string
+	// upstream is the backend that failed the handshake, for the log;
+	// empty before one was reached.
+	upstream string
 }
 
 func (r *refusal) Error() string { return r.reason }

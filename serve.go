@@ -40,46 +40,67 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.serveUpgrade(w, r)
 }
 
-// handshake is an upgrade on its way through the data path: what the
-// steps from the request to the relay gather.
+// handshake is the backend's upgrade request, made once from the
+// client's by the request step; the steps after it only read it.
 type handshake struct {
 	// extended: the client opened the WebSocket as an HTTP/2 or HTTP/3
 	// extended CONNECT stream (answered 200, no key); the backend still
 	// gets an HTTP/1.1 upgrade.
 	extended bool
 	id       string
-	up       upstream
 	uri      string
 	host     string
 	hdr      http.Header // the backend's upgrade request
 	key      string      // the Sec-WebSocket-Key sent to the backend
-	backend  net.Conn
-	br       *bufio.Reader // the backend's handshake reader; holds bytes past the 101
-	res      *http.Response
-	pol      relay.PerSide[timeout.Policy]
-	release  func() // gives back the upstream's least_conn count
+}
 
-	// What the gateway's own 101 chose (terminate and http modes).
+// backendConn is what the open step made: a backend that answered the
+// upgrade. A 101 (in mode http, an accepted OPEN) goes on to the relay;
+// any other answer is passed to the client as it came.
+type backendConn struct {
+	up      upstream
+	conn    net.Conn          // nil in mode http
+	br      *bufio.Reader     // the handshake's reader; holds bytes past the 101
+	res     *http.Response    // the backend's answer
+	session *overhttp.Session // mode http's backend
+	release func()            // gives back the upstream's least_conn count; may be nil
+}
+
+// close ends a backend that will not relay: it closes the connection, or
+// tells a mode http backend that accepted OPEN that the connection is gone
+// (DISCONNECT, in the background: the client's answer does not wait for
+// it), and gives back the upstream's count.
+func (b *backendConn) close() {
+	if b.conn != nil {
+		b.conn.Close()
+	}
+	if s := b.session; s != nil {
+		go s.Hangup(context.Background())
+	}
+	if b.release != nil {
+		b.release()
+	}
+}
+
+// agreement is what the client's 101 agreed to: the backend's, passed on
+// (tunnel mode), or the gateway's own (terminate and http modes).
+type agreement struct {
 	subprotocol string
-	deflate     bool
-	// session is mode http's backend; channels are those the backend's
-	// answer subscribed the connection to (Grip-Channel, terminating
-	// modes).
-	session  *overhttp.Session
+	extensions  string // as the admin API shows them
+	deflate     bool   // the gateway speaks permessage-deflate to the client
+	// channels are those the backend's answer subscribed the connection
+	// to (Grip-Channel; the terminating modes, which can push).
 	channels []string
 }
 
-// closeBackend ends the backend side of a handshake that will not relay:
-// it closes the backend connection, or tells a mode http backend that
-// accepted OPEN that the connection is gone (DISCONNECT, in the
-// background: the client's answer does not wait for it).
-func (hs *handshake) closeBackend() {
-	if hs.backend != nil {
-		hs.backend.Close()
-	}
-	if s := hs.session; s != nil {
-		go s.Hangup(context.Background())
-	}
+// established is an upgrade both sides agreed to: what a mode builds the
+// connection's relay from.
+type established struct {
+	req     *handshake
+	backend *backendConn
+	agreed  agreement
+	pol     relay.PerSide[timeout.Policy]
+	client  net.Conn
 }
 
 // serveUpgrade is the data path of one upgrade, top to bottom: validate,
@@ -120,28 +141,29 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	hs.hdr.Set(IDHeader, hs.id)
 	m.request(r, hs)
 
-	if rf := m.open(h, r.Context(), r, w, hs); rf != nil {
-		return h.backendFailed(w, r, hs.up, rf)
+	b, rf := m.open(h, r.Context(), r, w, hs)
+	if rf != nil {
+		return h.backendFailed(w, r, rf)
 	}
-	undo = append(undo, hs.release)
-	if hs.res.StatusCode != http.StatusSwitchingProtocols {
-		if h.unhealthyStatus(hs.res.StatusCode) {
-			h.hub.failed(h, hs.up, fmt.Sprintf("answered %d", hs.res.StatusCode))
+	undo = append(undo, b.close)
+	if b.res.StatusCode != http.StatusSwitchingProtocols {
+		if h.unhealthyStatus(b.res.StatusCode) {
+			h.hub.failed(h, b.up, fmt.Sprintf("answered %d", b.res.StatusCode))
 		}
 		countUpgrade(protoName(r), "backend_refused")
-		h.passThrough(w, r, hs.up, hs.res)
-		hs.closeBackend()
+		h.passThrough(w, r, b.up, b.res)
 		return nil
 	}
-	h.debugHandshake(hs.id, hs.up, r.Header, hs.res.Header)
+	h.debugHandshake(hs.id, b.up, r.Header, b.res.Header)
 
-	if rf := m.answer(h, r, hs, w.Header()); rf != nil {
-		hs.closeBackend()
-		return h.backendFailed(w, r, hs.up, rf)
+	agreed, rf := m.answer(h, r, b.res, w.Header())
+	if rf != nil {
+		rf.upstream = b.up.raw
+		return h.backendFailed(w, r, rf)
 	}
-	hs.pol = h.policyFor(hs.up, r.RemoteAddr)
+	pol := h.policyFor(b.up, r.RemoteAddr)
 	if h.Client != nil && h.Client.Announce {
-		h.announce(w.Header(), hs.pol.Client)
+		h.announce(w.Header(), pol.Client)
 	}
 	var token string
 	if h.resumeOn() {
@@ -150,25 +172,24 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	}
 	client, fromClient, wait, err := h.takeOver(w, r, hs.extended)
 	if err != nil {
-		hs.closeBackend()
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
 		return nil
 	}
 
-	c := h.newConnection(r, hs.id, hs.up)
+	c := h.newConnection(r, hs.id, b.up, agreed)
 	if token != "" {
 		h.hub.resume.register(token, c)
 	}
-	c.release = hs.release
-	c.relay = m.newRelay(h, c, hs, client)
+	c.release = b.release
+	c.relay = m.newRelay(h, c, established{req: hs, backend: b, agreed: agreed, pol: pol, client: client})
 	undo = nil
 	h.opened(c)
-	for _, ch := range hs.channels {
+	for _, ch := range agreed.channels {
 		h.hub.channels.subscribe(c, ch)
 	}
 	var fromBackend []byte
-	if hs.br != nil {
-		fromBackend = buffered(hs.br)
+	if b.br != nil {
+		fromBackend = buffered(b.br)
 	}
 	c.relay.Start(fromClient, fromBackend)
 	wait()
@@ -295,10 +316,10 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, rf *refusal) er
 }
 
 // backendFailed answers a client whose backend failed the handshake.
-func (h *Handler) backendFailed(w http.ResponseWriter, r *http.Request, up upstream, rf *refusal) error {
+func (h *Handler) backendFailed(w http.ResponseWriter, r *http.Request, rf *refusal) error {
 	countUpgrade(protoName(r), rf.code)
 	h.logger.Warn("websocket backend handshake failed",
-		zapUpstream(up),
+		zap.String("upstream", rf.upstream),
 		zap.Int("status", rf.status),
 		zap.String("reason", rf.reason),
 		zap.String("path", r.URL.Path),
