@@ -89,13 +89,10 @@ func serveStatus(w http.ResponseWriter, r *http.Request, rest string) error {
 }
 
 func findLive(id string) *connection {
-	var c *connection
 	if hb := currentHub(); hb != nil {
-		if c == nil {
-			c = hb.get(id)
-		}
+		return hb.get(id)
 	}
-	return c
+	return nil
 }
 
 // list pages through the live connections in id order. The hub's lock is

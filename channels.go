@@ -55,6 +55,7 @@ func (t *channelTable) subscribe(c *connection, channel string) {
 	if subs == nil {
 		subs = make(map[string]*connection)
 		t.channels[channel] = subs
+		busSubscribe(channelTopic(channel)) // the first subscriber here
 	}
 	subs[c.id] = c
 	if !slices.Contains(c.channels, channel) {
@@ -75,6 +76,7 @@ func (t *channelTable) dropLocked(c *connection, channel string) {
 		delete(subs, c.id)
 		if len(subs) == 0 {
 			delete(t.channels, channel)
+			busUnsubscribe(channelTopic(channel)) // the last one left
 		}
 	}
 }

@@ -81,6 +81,9 @@ func newID() string {
 func (hb *hub) add(c *connection) {
 	hb.mu.Lock()
 	hb.conns[c.id] = c
+	if c.pushable() {
+		busSubscribe(connTopic(c.id)) // pushes from any instance of the fleet
+	}
 	hb.mu.Unlock()
 }
 
@@ -165,6 +168,9 @@ func (hb *hub) remove(id string) {
 	hb.mu.Lock()
 	c := hb.conns[id]
 	delete(hb.conns, id)
+	if c != nil && c.pushable() {
+		busUnsubscribe(connTopic(id))
+	}
 	hb.mu.Unlock()
 	if c == nil {
 		return

@@ -28,6 +28,9 @@ var wsMetrics = struct {
 	drained    prometheus.Counter
 	rtt        *prometheus.HistogramVec
 	hub        *hubCollector
+	busUp      prometheus.Gauge
+	busMsgs    *prometheus.CounterVec
+	deliveries *prometheus.CounterVec
 }{}
 
 func initMetrics(reg *prometheus.Registry) error {
@@ -58,8 +61,21 @@ func initMetrics(reg *prometheus.Registry) error {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"side"})
 		wsMetrics.hub = &hubCollector{}
+		wsMetrics.busUp = prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "bus_up",
+			Help: "1 while the fleet's message bus (global option websocket { bus }) reaches its broker with every subscription renewed, 0 while it does not.",
+		})
+		wsMetrics.busMsgs = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "bus_messages_total",
+			Help: "Messages through the fleet's bus, by direction: published (by this instance's admin API) or received (from the broker).",
+		}, []string{"direction"})
+		wsMetrics.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "bus_deliveries_total",
+			Help: "Messages from the fleet's bus queued for this instance's connections (delivered), or not taken (dropped: a tunnel, a closing or slow connection, a connection gone, an unreadable message).",
+		}, []string{"result"})
 	})
-	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.drained, wsMetrics.reconnects, wsMetrics.resumes, wsMetrics.rtt, wsMetrics.hub} {
+	for _, c := range []prometheus.Collector{wsMetrics.upgrades, wsMetrics.closes, wsMetrics.drained, wsMetrics.reconnects, wsMetrics.resumes, wsMetrics.rtt, wsMetrics.hub,
+		wsMetrics.busUp, wsMetrics.busMsgs, wsMetrics.deliveries} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -97,6 +113,28 @@ func countResume(event string) {
 func countReconnect() {
 	if wsMetrics.reconnects != nil {
 		wsMetrics.reconnects.Inc()
+	}
+}
+
+func setBusUp(up bool) {
+	if wsMetrics.busUp != nil {
+		v := 0.0
+		if up {
+			v = 1
+		}
+		wsMetrics.busUp.Set(v)
+	}
+}
+
+func countBus(direction string) {
+	if wsMetrics.busMsgs != nil {
+		wsMetrics.busMsgs.WithLabelValues(direction).Inc()
+	}
+}
+
+func countDelivery(result string, n int) {
+	if wsMetrics.deliveries != nil && n > 0 {
+		wsMetrics.deliveries.WithLabelValues(result).Add(float64(n))
 	}
 }
 

@@ -66,6 +66,7 @@ type connList struct {
 		ID        string `json:"id"`
 		Mode      string `json:"mode"`
 		Route     string `json:"route"`
+		Client    string `json:"client"`
 		Upstream  string `json:"upstream"`
 		ClientLeg struct {
 			Messages  int64    `json:"messages"`

@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-websocket/caddy-websocket/internal/bus"
 	"github.com/caddy-websocket/caddy-websocket/internal/frame"
 )
 
@@ -46,62 +48,94 @@ type pusher interface {
 	Push(op frame.Opcode, p []byte) error
 }
 
-// pushTo queues a message for c's client.
-func (c *connection) pushTo(op frame.Opcode, p []byte) error {
+// pushable reports whether c's relay can take pushes.
+func (c *connection) pushable() bool {
+	_, ok := c.relay.(pusher)
+	return ok
+}
+
+// push queues a message (or, for a Close, starts closing) for c's client.
+func (c *connection) push(m bus.Message) error {
+	if m.Kind == bus.Close {
+		go c.relay.Close(frame.StatusCode(m.Code), m.Reason)
+		return nil
+	}
 	ps, ok := c.relay.(pusher)
 	if !ok {
 		return errNoPush
 	}
-	return ps.Push(op, p)
+	return ps.Push(frame.Opcode(m.Kind), m.Payload)
 }
 
-// readPush reads a push request's message and its type.
-func readPush(r *http.Request) (frame.Opcode, []byte, error) {
-	op := frame.OpText
+// readPush reads a push request's message.
+func readPush(r *http.Request) (bus.Message, error) {
+	m := bus.Message{Kind: bus.Text}
 	switch t := r.URL.Query().Get("type"); t {
 	case "binary":
-		op = frame.OpBinary
+		m.Kind = bus.Binary
 	case "", "text":
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); t == "" && mt == "application/octet-stream" {
-			op = frame.OpBinary
+			m.Kind = bus.Binary
 		}
 	default:
-		return 0, nil, fmt.Errorf("type %q: want text or binary", t)
+		return m, fmt.Errorf("type %q: want text or binary", t)
 	}
 	p, err := io.ReadAll(io.LimitReader(r.Body, maxPushBody+1))
 	if err != nil {
-		return 0, nil, err
+		return m, err
 	}
 	if len(p) > maxPushBody {
-		return 0, nil, fmt.Errorf("message over %d bytes", maxPushBody)
+		return m, fmt.Errorf("message over %d bytes", maxPushBody)
 	}
-	if op == frame.OpText && !utf8.Valid(p) {
-		return 0, nil, errors.New("a text message must be UTF-8 (send binary with ?type=binary)")
+	if m.Kind == bus.Text && !utf8.Valid(p) {
+		return m, errors.New("a text message must be UTF-8 (send binary with ?type=binary)")
 	}
-	return op, p, nil
+	m.Payload = p
+	return m, nil
 }
 
 func badRequest(err error) error {
 	return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 }
 
-// pushConnection answers POST connections/{id}/messages.
-func pushConnection(w http.ResponseWriter, r *http.Request, c *connection) error {
-	op, p, err := readPush(r)
+// pushConnection answers POST connections/{id}/messages: to c when this
+// instance holds it, otherwise through the fleet's bus to the instance
+// that does.
+func pushConnection(w http.ResponseWriter, r *http.Request, id string) error {
+	c := findLive(id)
+	f := currentBus()
+	if c == nil && f == nil {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no live connection %q", id)}
+	}
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
+	}
+	m, err := readPush(r)
 	if err != nil {
 		return badRequest(err)
 	}
-	switch err := c.pushTo(op, p); err {
+	if c == nil {
+		ok, err := f.send(r.Context(), id, m)
+		switch {
+		case err != nil:
+			return err
+		case !ok:
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no live connection %q on any instance of the fleet (a tunnel's connections take no pushes)", id)}
+		}
+		return writeJSON(w, map[string]any{"id": id, "queued": len(m.Payload), "via": "bus"})
+	}
+	switch err := c.push(m); err {
 	case nil:
 	case errNoPush:
 		return caddy.APIError{HTTPStatus: http.StatusConflict, Err: err}
 	default:
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 	}
-	return writeJSON(w, map[string]any{"id": c.id, "queued": len(p)})
+	return writeJSON(w, map[string]any{"id": c.id, "queued": len(m.Payload)})
 }
 
-// publishResult is what a publish did.
+// publishResult is what a publish did: on this instance's subscribers, or,
+// with a bus, that the broker took it.
 type publishResult struct {
 	Channel     string `json:"channel"`
 	Subscribers int    `json:"subscribers"`
@@ -109,21 +143,33 @@ type publishResult struct {
 	// Skipped are subscribers that could not take it (tunnel, closing, or
 	// closed now as slow consumers).
 	Skipped int `json:"skipped,omitempty"`
+	// Bus: the message went to the fleet's bus, each instance delivers
+	// its copy (the counts above are then zero); Instances is how many
+	// instances have subscribers, when the broker can tell (Redis).
+	Bus       bool `json:"bus,omitempty"`
+	Instances *int `json:"instances,omitempty"`
 }
 
-// publish queues a message (or, with closeCode, a Close) for every
-// subscriber of a channel in this process.
-func publish(channel string, op frame.Opcode, p []byte, closeCode frame.StatusCode, closeReason string) publishResult {
+// publish sends m to every subscriber of a channel: through the fleet's
+// bus when there is one (this instance's own subscribers get it from the
+// bus too, once), otherwise to this instance's.
+func publish(ctx context.Context, channel string, m bus.Message) (publishResult, error) {
+	if f := currentBus(); f != nil {
+		return f.publish(ctx, channel, m)
+	}
+	res := deliver(channel, m)
+	logPublish(res)
+	return res, nil
+}
+
+// deliver queues m (a message, or a Close) for every subscriber of a
+// channel on this instance.
+func deliver(channel string, m bus.Message) publishResult {
 	res := publishResult{Channel: channel}
 	if hb := currentHub(); hb != nil {
 		for _, c := range hb.channels.subscribers(channel) {
 			res.Subscribers++
-			if closeCode != 0 {
-				go c.relay.Close(closeCode, closeReason)
-				res.Queued++
-				continue
-			}
-			if err := c.pushTo(op, p); err != nil {
+			if err := c.push(m); err != nil {
 				res.Skipped++
 				continue
 			}
@@ -135,12 +181,14 @@ func publish(channel string, op frame.Opcode, p []byte, closeCode frame.StatusCo
 
 // pushChannel answers POST channels/{name}/messages.
 func pushChannel(w http.ResponseWriter, r *http.Request, channel string) error {
-	op, p, err := readPush(r)
+	m, err := readPush(r)
 	if err != nil {
 		return badRequest(err)
 	}
-	res := publish(channel, op, p, 0, "")
-	logPublish(res)
+	res, err := publish(r.Context(), channel, m)
+	if err != nil {
+		return err
+	}
 	return writeJSON(w, res)
 }
 
@@ -149,7 +197,8 @@ func logPublish(res publishResult) {
 		zap.Int("subscribers", res.Subscribers), zap.Int("queued", res.Queued), zap.Int("skipped", res.Skipped))
 }
 
-// listChannels answers GET channels.
+// listChannels answers GET channels: this instance's subscribers per
+// channel, and the fleet's bus when there is one.
 func listChannels(w http.ResponseWriter) error {
 	out := map[string]int{}
 	if hb := currentHub(); hb != nil {
@@ -157,7 +206,11 @@ func listChannels(w http.ResponseWriter) error {
 			out[k] += v
 		}
 	}
-	return writeJSON(w, map[string]any{"channels": out})
+	body := map[string]any{"channels": out}
+	if f := currentBus(); f != nil {
+		body["bus"] = f.view()
+	}
+	return writeJSON(w, body)
 }
 
 // pushpinPublish is the body of Pushpin's publish endpoint, so that
@@ -192,10 +245,7 @@ func pushpinPublishHandler(w http.ResponseWriter, r *http.Request) error {
 	}
 	type job struct {
 		channel string
-		op      frame.Opcode
-		p       []byte
-		code    frame.StatusCode
-		reason  string
+		m       bus.Message
 	}
 	var jobs []job
 	for i, it := range body.Items {
@@ -213,43 +263,48 @@ func pushpinPublishHandler(w http.ResponseWriter, r *http.Request) error {
 			if !frame.ValidCloseCode(code) {
 				return badRequest(fmt.Errorf("item %d: close code %d may not be sent", i, m.Code))
 			}
-			jobs = append(jobs, job{channel: it.Channel, code: code, reason: m.Reason})
+			jobs = append(jobs, job{channel: it.Channel, m: bus.Message{Kind: bus.Close, Code: uint16(code), Reason: m.Reason}})
 			continue
 		default:
 			return badRequest(fmt.Errorf("item %d: action %q: want send or close", i, m.Action))
 		}
-		j := job{channel: it.Channel, op: frame.OpText}
+		j := job{channel: it.Channel, m: bus.Message{Kind: bus.Text}}
 		switch {
 		case m.ContentBin != nil:
 			p, err := base64.StdEncoding.DecodeString(*m.ContentBin)
 			if err != nil {
 				return badRequest(fmt.Errorf("item %d: content-bin: %v", i, err))
 			}
-			j.op, j.p = frame.OpBinary, p
+			j.m.Kind, j.m.Payload = bus.Binary, p
 		case m.Content != nil:
-			j.p = []byte(*m.Content)
+			j.m.Payload = []byte(*m.Content)
 		default:
 			return badRequest(fmt.Errorf("item %d: ws-message has no content or content-bin", i))
 		}
 		switch m.Type {
 		case "", "text", "binary":
 			if m.Type == "binary" {
-				j.op = frame.OpBinary
+				j.m.Kind = bus.Binary
 			} else if m.Type == "text" {
-				j.op = frame.OpText
+				j.m.Kind = bus.Text
 			}
 		default:
 			return badRequest(fmt.Errorf("item %d: type %q: want text or binary", i, m.Type))
 		}
-		if j.op == frame.OpText && !utf8.Valid(j.p) {
+		if j.m.Kind == bus.Text && !utf8.Valid(j.m.Payload) {
 			return badRequest(fmt.Errorf("item %d: text content is not UTF-8", i))
 		}
 		jobs = append(jobs, j)
 	}
 	results := make([]publishResult, 0, len(jobs))
-	for _, j := range jobs {
-		res := publish(j.channel, j.op, j.p, j.code, j.reason)
-		logPublish(res)
+	for i, j := range jobs {
+		res, err := publish(r.Context(), j.channel, j.m)
+		if err != nil {
+			if i > 0 {
+				err = fmt.Errorf("item %d (items before it were published): %w", i, err)
+			}
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+		}
 		results = append(results, res)
 	}
 	return writeJSON(w, map[string]any{"items": results})
@@ -277,14 +332,7 @@ func pushRoute(w http.ResponseWriter, r *http.Request, rest string) (handled boo
 		return true, pushpinPublishHandler(w, r)
 	case strings.HasPrefix(rest, "connections/") && strings.HasSuffix(rest, "/messages"):
 		id := strings.TrimSuffix(strings.TrimPrefix(rest, "connections/"), "/messages")
-		c := findLive(id)
-		if c == nil {
-			return true, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no live connection %q", id)}
-		}
-		if r.Method != http.MethodPost {
-			return true, caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("use POST")}
-		}
-		return true, pushConnection(w, r, c)
+		return true, pushConnection(w, r, id)
 	}
 	return false, nil
 }
