@@ -155,7 +155,7 @@ func TestBrokers(t *testing.T) {
 			if _, err := a.Publish(ctx, "channel/room.1", []byte{1, 1}); err == nil {
 				t.Fatal("a publish with the broker down succeeded")
 			}
-			b.Subscribe("channel/later") // while down: made on reconnect
+			b.Subscribe("channel/later")       // while down: made on reconnect
 			time.Sleep(500 * time.Millisecond) // a few failed reconnects
 			srv.Start()
 			settled(t, a, b)
