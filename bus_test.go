@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/gorilla/websocket"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/brokertest"
@@ -159,12 +160,25 @@ http://127.0.0.1:%d {
 		m := members[i%3]
 		msg := fmt.Sprintf("m%d", i)
 		want = append(want, msg)
-		st, body := postBody(t, "http://"+m.admin+"/websocket/channels/room/messages", msg)
-		var res struct {
+		url, body := "http://"+m.admin+"/websocket/channels/room/messages", msg
+		if i == 49 {
+			// The last one in Pushpin's format, as GRIP libraries send it.
+			url, body = "http://"+m.admin+"/websocket/publish/", fmt.Sprintf(`{"items":[{"channel":"room","formats":{"ws-message":{"content":%q}}}]}`, msg)
+		}
+		st, body := postBody(t, url, body)
+		type result struct {
 			Bus       bool
 			Instances *int
 		}
+		var res result
 		json.Unmarshal([]byte(body), &res)
+		if i == 49 {
+			var items struct{ Items []result } // Pushpin's answer: one per item
+			json.Unmarshal([]byte(body), &items)
+			if len(items.Items) == 1 {
+				res = items.Items[0]
+			}
+		}
 		if st != 200 || !res.Bus {
 			t.Fatalf("publish %d on instance %d: %d %s", i, i%3, st, body)
 		}
@@ -244,6 +258,23 @@ http://127.0.0.1:%d {
 			t.Fatalf("an extra message: %q", msg)
 		}
 	}
+	// A Pushpin close action through one instance closes every client of
+	// the room, on every instance, with its code.
+	if st, body := postBody(t, "http://"+members[1].admin+"/websocket/publish/", `{"items":[{"channel":"room","formats":{"ws-message":{"action":"close","code":4001,"reason":"room closed"}}}]}`); st != 200 {
+		t.Fatalf("close action: %d %s", st, body)
+	}
+	for mi, m := range members {
+		for ci, c := range m.clients {
+			if mi == 1 && ci < 3 {
+				continue // their read timed out above: gorilla is done with them
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, _, err := c.ReadMessage()
+			if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != 4001 || ce.Text != "room closed" {
+				t.Fatalf("instance %d client %d: %v, want Close 4001", mi, ci, err)
+			}
+		}
+	}
 	for _, m := range members {
 		b, _ := os.ReadFile(m.log)
 		if n := strings.Count(string(b), "websocket bus unreachable"); n != 1 {
@@ -254,7 +285,8 @@ http://127.0.0.1:%d {
 		}
 	}
 	metrics := getText(t, "http://"+members[0].admin+"/metrics")
-	for _, want := range []string{"caddy_websocket_bus_up 1", `caddy_websocket_bus_messages_total{direction="published"}`, `caddy_websocket_bus_deliveries_total{result="delivered"} 1200`} {
+	// Instance 0 delivered 60 messages and a Close to each of its 20.
+	for _, want := range []string{"caddy_websocket_bus_up 1", `caddy_websocket_bus_messages_total{direction="published"}`, `caddy_websocket_bus_deliveries_total{result="delivered"} 1220`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}
@@ -269,5 +301,85 @@ func getText(t *testing.T, url string) string {
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
+	return string(b)
+}
+
+// TestBusAcrossReloads: a reload that names the same broker keeps the
+// bus's connection and its subscriptions (the live client still gets each
+// publish once); one that changes the broker's prefix moves the
+// subscriptions to the new bus and never delivers twice; one without a
+// bus publishes to this instance's subscribers directly.
+func TestBusAcrossReloads(t *testing.T) {
+	redis := brokertest.Redis(t)
+	backend := wstest.NewBackend(t, func(r *http.Request) string {
+		return wstest.Switch(r, "Grip-Channel: room")
+	}, wstest.Drain(time.Minute))
+	port, admin := wstest.FreePort(t), fmt.Sprintf("127.0.0.1:%d", wstest.FreePort(t))
+	logFile := t.TempDir() + "/caddy.log"
+	config := func(bus, header string) string {
+		return fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	auto_https off
+	log {
+		output file %s
+	}
+	%s
+}
+http://127.0.0.1:%d {
+	header X-Config %s
+	websocket %s {
+		mode terminate
+	}
+}
+`, admin, logFile, bus, port, header, backend.Addr)
+	}
+	withBus := func(prefix string) string {
+		return fmt.Sprintf("websocket {\n\t\tbus %s {\n\t\t\tprefix %s\n\t\t}\n\t}", redis.URL, prefix)
+	}
+	wstest.LoadCaddyfile(t, config(withBus("one"), "a"))
+	t.Cleanup(func() { caddy.Stop() })
+	c := dialWS(t, fmt.Sprintf("ws://127.0.0.1:%d/", port))
+	m := []*fleetMember{{admin: admin, clients: []*websocket.Conn{c}}}
+	settledFleet(t, m, "room", 1)
+
+	publish := func(msg string, viaBus bool) {
+		t.Helper()
+		st, body := postBody(t, "http://"+admin+"/websocket/channels/room/messages", msg)
+		if st != 200 || strings.Contains(body, `"bus": true`) != viaBus {
+			t.Fatalf("publish %q: %d %s (want through the bus: %v)", msg, st, body, viaBus)
+		}
+	}
+	publish("before", true)
+	readSeq(t, m, []string{"before"})
+
+	wstest.LoadCaddyfile(t, config(withBus("one"), "b")) // same broker
+	settledFleet(t, m, "room", 1)
+	publish("same broker", true)
+	readSeq(t, m, []string{"same broker"})
+	if n := strings.Count(readFile(t, logFile), "websocket bus connected"); n != 1 {
+		t.Errorf("the bus connected %d times across a reload to the same broker, want once", n)
+	}
+
+	wstest.LoadCaddyfile(t, config(withBus("two"), "c")) // another bus
+	settledFleet(t, m, "room", 1)
+	publish("new broker", true)
+	readSeq(t, m, []string{"new broker"})
+
+	wstest.LoadCaddyfile(t, config("", "d")) // none
+	publish("no bus", false)
+	readSeq(t, m, []string{"no bus"})
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, msg, err := c.ReadMessage(); err == nil {
+		t.Fatalf("delivered twice: %q", msg)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return string(b)
 }

@@ -119,3 +119,40 @@ func TestErrorsNameTheLine(t *testing.T) {
 		}
 	}
 }
+
+// TestBusGlobalOption: the websocket global option becomes the websocket
+// app, the URL's scheme picking the broker module; mistakes name the line.
+func TestBusGlobalOption(t *testing.T) {
+	adaptGlobal := func(global string) (string, error) {
+		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n"+global+"\n}\n:8080 {\n\trespond ok\n}\n"), nil)
+		if err != nil {
+			return "", err
+		}
+		var cfg struct {
+			Apps map[string]json.RawMessage `json:"apps"`
+		}
+		json.Unmarshal(out, &cfg)
+		return string(cfg.Apps["websocket"]), nil
+	}
+	for global, want := range map[string]string{
+		"\twebsocket {\n\t\tbus redis://:secret@10.0.0.5:6379/0\n\t}":                 `{"bus":{"broker":"redis","url":"redis://:secret@10.0.0.5:6379/0"}}`,
+		"\twebsocket {\n\t\tbus rediss://cache:6380 {\n\t\t\tprefix chat\n\t\t}\n\t}": `{"bus":{"broker":"redis","prefix":"chat","url":"rediss://cache:6380"}}`,
+		"\twebsocket {\n\t\tbus nats://10.0.0.6:4222\n\t}":                            `{"bus":{"broker":"nats","url":"nats://10.0.0.6:4222"}}`,
+	} {
+		got, err := adaptGlobal(global)
+		if err != nil || got != want {
+			t.Errorf("%q: %s %v, want %s", global, got, err, want)
+		}
+	}
+	for global, want := range map[string]string{
+		"\twebsocket {\n\t\tbus http://10.0.0.5\n\t}":                              `want redis://, rediss://, unix:// (Redis) or nats://, tls:// (NATS), at Caddyfile:3`,
+		"\twebsocket {\n\t\tbus\n\t}":                                              "Caddyfile:3",
+		"\twebsocket {\n\t\tbus redis://a:1\n\t\tbus redis://b:1\n\t}":             "only one per instance, at Caddyfile:4",
+		"\twebsocket {\n\t\tbus redis://a:1 {\n\t\t\tchannel_prefix x\n\t\t}\n\t}": `unknown option "channel_prefix"`,
+		"\twebsocket {\n\t\tfleet redis://a:1\n\t}":                                `unknown websocket global option "fleet"`,
+	} {
+		if _, err := adaptGlobal(global); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", global, err, want)
+		}
+	}
+}
