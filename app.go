@@ -3,7 +3,7 @@ package websocket
 import (
 	"encoding/json"
 	"fmt"
-	"net/url"
+	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -154,13 +154,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	return httpcaddyfile.App{Name: "websocket", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
-// brokerFor is the broker module a bus URL's scheme names.
+// brokerFor is the broker module a bus URL's scheme names. Only the
+// scheme is read here: the rest may hold placeholders ({env.REDIS_URL}'s
+// password), replaced when the module is provisioned.
 func brokerFor(raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "", err
-	}
-	switch u.Scheme {
+	scheme, _, _ := strings.Cut(raw, "://")
+	switch strings.ToLower(scheme) {
 	case "redis", "rediss", "unix":
 		return "redis", nil
 	case "nats", "tls":

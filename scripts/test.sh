@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project. On a fresh Debian machine it is
 # all the setup needed: it installs Debian's chromium (browser tests),
-# python3-websockets (interop tests), haproxy (the fleet test) and iptables
-# (session resume over a blackholed path) when they
-# are missing. Node.js (for the
+# python3-websockets (interop tests), haproxy (the fleet test), iptables
+# (session resume over a blackholed path), redis-server and nats-server
+# (the fleet's message bus) when they are missing. Node.js (for the
 # interop test with Node's WebSocket) comes with the machine.
 #
 #   bash scripts/test.sh              # checks, go test -race ./..., short fuzzing
@@ -16,6 +16,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v iptables >/dev/null || missing+=(iptables)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nats-server >/dev/null || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing ${missing[*]} (Debian packages)"
 	sudo=""
@@ -44,7 +46,8 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== fuzzing (${FUZZTIME:-a fixed number of executions} per target)"
 for target in ./internal/frame:FuzzParseHeader:500000 ./internal/upgrade:FuzzValidateRequest:250000 \
 	./internal/tunnel:FuzzRelay:150000 ./internal/terminate:FuzzUTF8Stream:250000 \
-	./internal/terminate:FuzzEndpoint:100000 ./internal/overhttp:FuzzDecode:100000; do
+	./internal/terminate:FuzzEndpoint:100000 ./internal/overhttp:FuzzDecode:100000 \
+	./internal/bus:FuzzDecode:250000; do
 	IFS=: read -r pkg fn count <<<"$target"
 	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "${FUZZTIME:-${count}x}" "$pkg"
 done
