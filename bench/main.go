@@ -8,6 +8,7 @@
 //	go run ./bench            # full run, ws and wss, writes bench/results/latest.md
 //	go run ./bench -quick     # a few minutes
 //	BENCH_BEFORE=/tmp/old/caddy go run ./bench   # also the module's targets from another build
+//	go run ./bench -fanout    # the push API's fan-out, without a bus and over Redis and NATS
 //
 // Every Caddy target runs as production sites do, with an access log and
 // the metrics option on; the wss targets (HAProxy and nginx too) serve the
@@ -50,6 +51,10 @@ func main() {
 	idleN := flag.Int("idle", 0, "idle connections (default 10000, or 1000 with -quick)")
 	reps := flag.Int("reps", 0, "repetitions (default 2, or 1 with -quick)")
 	schemes := flag.String("schemes", "ws,wss", "comma-separated: ws (plaintext), wss (TLS on the client leg)")
+	fan := flag.Bool("fanout", false, "measure the push API's fan-out (no bus, Redis, NATS) instead of the targets")
+	subscribers := flag.Int("subscribers", 1000, "fan-out: subscribers of the channel")
+	publishes := flag.Int("publishes", 50, "fan-out: publishes timed one at a time")
+	burst := flag.Int("burst", 50, "fan-out: publishes back to back for the delivery rate")
 	flag.Parse()
 	log.SetFlags(0)
 	s := settings{idleConns: 10000, dur: 3 * time.Second, reps: 2, keepaliveWindow: 22 * time.Second}
@@ -86,6 +91,18 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(work)
+
+	if *fan {
+		text := runFanout(bin, work, *subscribers, *publishes, *burst)
+		fmt.Print(text)
+		if *out != "" {
+			os.MkdirAll(filepath.Dir(*out), 0o755)
+			if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+				log.Fatal(err)
+			}
+		}
+		return
+	}
 
 	echo, err := startEcho(bin, work)
 	if err != nil {
