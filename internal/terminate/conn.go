@@ -97,14 +97,10 @@ type Conn struct {
 	latest     backendLeg   // the latest backend, also during a gap, for counters
 	backendOld relay.Counts // counters of the backends it replaced
 
-	// Resume (resume.go).
-	detached   bool
-	detachedAt time.Time
-	held       []sentMsg // for the detached client, in order
-	heldSize   int64
-	expiry     *time.Timer
-	resumes    int
-	clientOld  relay.Counts // counters of the client legs it replaced
+	// Resume (resume.go): detached while the session waits for its
+	// client; the rest exists only once a client has detached.
+	detached bool
+	away     *away
 }
 
 // New returns a terminated connection between an upgraded client connection
@@ -172,7 +168,11 @@ func (c *Conn) SetPolicy(client, backend timeout.Policy) {
 // include those of backends it replaced.
 func (c *Conn) Stats() relay.Stats {
 	c.mu.Lock()
-	b, old, n, cold := c.latest, c.backendOld, c.reconnects, c.clientOld
+	b, old, n := c.latest, c.backendOld, c.reconnects
+	var cold relay.Counts
+	if c.away != nil {
+		cold = c.away.clientOld
+	}
 	c.mu.Unlock()
 	bs := b.Stats()
 	bs.Counts = bs.Counts.Plus(old)
@@ -208,8 +208,8 @@ func (c *Conn) Close(code frame.StatusCode, reason string) {
 	finish := false
 	if c.detached {
 		// No client to tell: the backend alone closes.
-		c.detached, c.held, c.heldSize = false, nil, 0
-		c.expiry.Stop()
+		c.detached, c.away.held, c.away.heldSize = false, nil, 0
+		c.away.expiry.Stop()
 		finish = c.running == 0
 	}
 	c.mu.Unlock()
@@ -343,8 +343,8 @@ func (c *Conn) ended(e *leg, how ending) {
 	code, reason := forClient(how)
 	if c.detached {
 		// The backend ended while its client was away.
-		c.detached, c.held, c.heldSize = false, nil, 0
-		c.expiry.Stop()
+		c.detached, c.away.held, c.away.heldSize = false, nil, 0
+		c.away.expiry.Stop()
 	}
 	c.client.Load().close(code, reason)
 }

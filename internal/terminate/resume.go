@@ -43,6 +43,17 @@ type sentMsg struct {
 }
 
 // sentLog is the client leg's record of such messages; guarded by the
+// away is what a session keeps of clients that detached: allocated at the
+// first detach, so a connection that never loses its client (and every
+// one without resume) does not carry it. Guarded by Conn.mu.
+type away struct {
+	since     time.Time // the current detach
+	held      []sentMsg // for the detached client, in order
+	heldSize  int64
+	expiry    *time.Timer
+	clientOld relay.Counts // counters of the client legs it replaced
+}
+
 // leg's wmu.
 type sentLog struct {
 	msgs  []sentMsg
@@ -155,10 +166,13 @@ func (c *Conn) detachLocked(old *leg, reason string) bool {
 	if !ok || c.cfg.ResumeWindow <= 0 || size > c.cfg.ResumeBuffer {
 		return false
 	}
+	if c.away == nil {
+		c.away = &away{}
+	}
 	c.detached = true
-	c.detachedAt = c.cfg.Now()
-	c.held, c.heldSize = msgs, size
-	c.expiry = time.AfterFunc(c.cfg.ResumeWindow, c.expire)
+	c.away.since = c.cfg.Now()
+	c.away.held, c.away.heldSize = msgs, size
+	c.away.expiry = time.AfterFunc(c.cfg.ResumeWindow, c.expire)
 	if c.cfg.OnDetach != nil {
 		go c.cfg.OnDetach(reason)
 	}
@@ -169,12 +183,13 @@ func (c *Conn) detachLocked(old *leg, reason string) bool {
 // caller holds c.mu, which is released. Past ResumeBuffer the session ends
 // as the drop would have ended it.
 func (c *Conn) holdForClientLocked(op frame.Opcode, p []byte) {
-	if c.heldSize+int64(len(p)) > c.cfg.ResumeBuffer {
+	a := c.away
+	if a.heldSize+int64(len(p)) > c.cfg.ResumeBuffer {
 		c.endDetachedLocked("resume buffer full")
 		return
 	}
-	c.held = append(c.held, sentMsg{op: op, p: append([]byte(nil), p...)})
-	c.heldSize += int64(len(p))
+	a.held = append(a.held, sentMsg{op: op, p: append([]byte(nil), p...)})
+	a.heldSize += int64(len(p))
 	c.mu.Unlock()
 }
 
@@ -194,9 +209,9 @@ func (c *Conn) expire() {
 func (c *Conn) endDetachedLocked(why string) {
 	c.detached = false
 	c.done = true
-	c.held, c.heldSize = nil, 0
-	if c.expiry != nil {
-		c.expiry.Stop()
+	c.away.held, c.away.heldSize = nil, 0
+	if c.away.expiry != nil {
+		c.away.expiry.Stop()
 	}
 	c.record("client", frame.CloseAbnormal, "client went away and did not resume: "+why)
 	b := c.backend
@@ -225,7 +240,7 @@ func (c *Conn) Detached() (bool, time.Time) {
 	if !c.detached {
 		return false, time.Time{}
 	}
-	return true, c.detachedAt.Add(c.cfg.ResumeWindow)
+	return true, c.away.since.Add(c.cfg.ResumeWindow)
 }
 
 // TakeOver detaches a session whose client leg is still attached (a path
@@ -266,21 +281,21 @@ func (c *Conn) Attach(conn net.Conn, fromClient []byte, deflate bool) error {
 	}
 	e := newEndpoint(c, relay.Client, conn, c.cfg.Client)
 	e.deflate = deflate
-	for _, m := range c.held {
+	a := c.away
+	for _, m := range a.held {
 		if !e.writeMessage(m.op, m.p) {
 			c.mu.Unlock()
 			conn.Close()
 			return errors.New("the client went away again during the replay")
 		}
 	}
-	replayed := len(c.held)
-	c.held, c.heldSize = nil, 0
+	replayed := len(a.held)
+	a.held, a.heldSize = nil, 0
 	c.detached = false
-	c.expiry.Stop()
-	c.clientOld = c.clientOld.Plus(c.client.Load().Counts())
+	a.expiry.Stop()
+	a.clientOld = a.clientOld.Plus(c.client.Load().Counts())
 	c.client.Store(e)
 	c.running++
-	c.resumes++
 	c.mu.Unlock()
 	if c.cfg.OnResume != nil {
 		c.cfg.OnResume(replayed)
