@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/upgrade"
@@ -258,7 +259,8 @@ func backendHandshake(conn net.Conn, req []byte, timeout time.Duration) (*http.R
 		return nil, nil, &refusal{status: http.StatusBadGateway, code: "backend_invalid",
 			reason: "backend closed the connection before the upgrade request was sent: " + err.Error()}
 	}
-	br := bufio.NewReaderSize(conn, 4096)
+	br := handshakeReaders.Get().(*bufio.Reader)
+	br.Reset(conn)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {
 		var ne net.Error
@@ -273,6 +275,25 @@ func backendHandshake(conn net.Conn, req []byte, timeout time.Duration) (*http.R
 		conn.SetDeadline(time.Time{})
 	}
 	return res, br, nil
+}
+
+// handshakeReaders holds the readers of backend handshakes: a connection
+// needs its 4 KiB only until the 101 is read, and one allocated per
+// handshake would be garbage that grows the heap, and the process's RSS,
+// while connections are being opened.
+var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// takeBuffered returns what b's handshake reader holds past the 101 and
+// gives the reader back: the connection is read directly from here on.
+func (b *backendConn) takeBuffered() []byte {
+	if b.br == nil {
+		return nil
+	}
+	p := buffered(b.br)
+	b.br.Reset(nil)
+	handshakeReaders.Put(b.br)
+	b.br = nil
+	return p
 }
 
 // gatewayRequest is an upgrade request of the gateway's own (a health

@@ -275,6 +275,27 @@ http://127.0.0.1:%d {
 			}
 		}
 	}
+	// With every client gone, no instance keeps a subscription on the
+	// broker: not the channel's, not the connections'.
+	for _, m := range members {
+		var v busView
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			v = busView{}
+			adminJSON(t, "GET", "http://"+m.admin+"/websocket/channels", &v)
+			if v.Bus != nil && v.Bus.Topics == 0 && len(v.Channels) == 0 {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("instance %s still subscribed: %+v %+v", m.admin, v.Channels, v.Bus)
+			}
+		}
+	}
+	if kind == "redis" {
+		_, body := postBody(t, "http://"+members[0].admin+"/websocket/channels/room/messages", "to nobody")
+		if !strings.Contains(body, `"instances": 0`) {
+			t.Errorf("a publish after everyone left: %s, want 0 instances", body)
+		}
+	}
 	for _, m := range members {
 		b, _ := os.ReadFile(m.log)
 		if n := strings.Count(string(b), "websocket bus unreachable"); n != 1 {

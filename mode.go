@@ -279,7 +279,7 @@ func (h *Handler) redialer(c *connection, hs *handshake, first upstream, chosen 
 				return fmt.Errorf("backend answered %s", re.res.Status)
 			}
 			next = u
-			conn, initial = re.conn, buffered(re.br)
+			conn, initial = re.conn, re.takeBuffered()
 			return nil
 		})
 		if conn == nil {

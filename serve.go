@@ -187,11 +187,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	for _, ch := range agreed.channels {
 		h.hub.channels.subscribe(c, ch)
 	}
-	var fromBackend []byte
-	if b.br != nil {
-		fromBackend = buffered(b.br)
-	}
-	c.relay.Start(fromClient, fromBackend)
+	c.relay.Start(fromClient, b.takeBuffered())
 	wait()
 	return nil
 }

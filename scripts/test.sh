@@ -47,7 +47,7 @@ echo "== fuzzing (${FUZZTIME:-a fixed number of executions} per target)"
 for target in ./internal/frame:FuzzParseHeader:500000 ./internal/upgrade:FuzzValidateRequest:250000 \
 	./internal/tunnel:FuzzRelay:150000 ./internal/terminate:FuzzUTF8Stream:250000 \
 	./internal/terminate:FuzzEndpoint:100000 ./internal/overhttp:FuzzDecode:100000 \
-	./internal/bus:FuzzDecode:250000; do
+	./internal/bus:FuzzDecode:100000; do
 	IFS=: read -r pkg fn count <<<"$target"
 	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "${FUZZTIME:-${count}x}" "$pkg"
 done
