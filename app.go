@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -37,9 +36,8 @@ type App struct {
 	// this instance's connections only).
 	BusRaw json.RawMessage `json:"bus,omitempty" caddy:"namespace=websocket.bus inline_key=broker"`
 
-	bus    *fleetBus
-	key    string
-	logger *zap.Logger
+	bus *fleetBus
+	key string
 }
 
 // activeApp is the websocket app of the running config; its bus is the
@@ -54,7 +52,6 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision opens the bus, or takes the one the running config opened to
 // the same broker: a reload keeps its connection and subscriptions.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.logger = ctx.Logger()
 	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}

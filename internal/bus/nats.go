@@ -60,6 +60,9 @@ func NewNATS(rawURL, prefix string, h Handlers) (Broker, error) {
 		nats.ConnectHandler(func(*nats.Conn) { b.up() }),
 		nats.ReconnectHandler(func(*nats.Conn) { b.up() }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b.ctx.Err() != nil {
+				return // Close: not an outage
+			}
 			if err == nil {
 				err = errors.New("disconnected")
 			}
