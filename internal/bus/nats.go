@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,16 +18,11 @@ import (
 // read by one goroutine, so the order of messages across topics is the
 // server's.
 type natsBroker struct {
+	core
 	nc     *nats.Conn
 	prefix string
-	h      Handlers
-	t      topics
-	st     state
 	msgs   chan *nats.Msg
 	subs   map[string]*nats.Subscription // apply's own
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
 }
 
 // natsPending is how many received messages may wait for the receiving
@@ -45,10 +39,8 @@ func NewNATS(rawURL, prefix string, h Handlers) (Broker, error) {
 	if strings.ContainsAny(prefix, " \t\r\n*>") || strings.HasPrefix(prefix, ".") || strings.HasSuffix(prefix, ".") {
 		return nil, fmt.Errorf("prefix %q is not a NATS subject: no spaces, wildcards or leading/trailing dots", prefix)
 	}
-	b := &natsBroker{prefix: prefix + ".", h: h, msgs: make(chan *nats.Msg, natsPending), subs: map[string]*nats.Subscription{}}
-	b.t.init()
-	b.st.init(h.State)
-	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b := &natsBroker{prefix: prefix + ".", msgs: make(chan *nats.Msg, natsPending), subs: map[string]*nats.Subscription{}}
+	b.init(h)
 	nc, err := nats.Connect(rawURL,
 		nats.Name("caddy-websocket"),
 		nats.RetryOnFailedConnect(true),
@@ -91,15 +83,6 @@ func NewNATS(rawURL, prefix string, h Handlers) (Broker, error) {
 func (b *natsBroker) up() {
 	b.st.set(nil)
 	b.t.poke()
-}
-
-func (b *natsBroker) Subscribe(topic string)   { b.t.set(topic, true) }
-func (b *natsBroker) Unsubscribe(topic string) { b.t.set(topic, false) }
-
-func (b *natsBroker) Status() Status {
-	up, err := b.st.get()
-	n, pending := b.t.counts()
-	return Status{Up: up, Err: err, Topics: n, Pending: pending}
 }
 
 // Publish sends and then flushes: once the server has answered the

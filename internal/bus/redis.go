@@ -18,14 +18,9 @@ import (
 // connection, which it checks with a PING when quiet and replaces, with
 // every subscription, when it is lost; publishes use the client's pool.
 type redisBroker struct {
+	core
 	rdb    *redis.Client
 	prefix string
-	h      Handlers
-	t      topics
-	st     state
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
 
 	// applying serializes the subscriber connection's changes: a
 	// reconnect's full subscription and the changes made since.
@@ -56,23 +51,12 @@ func NewRedis(rawURL, prefix string, h Handlers) (Broker, error) {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	b := &redisBroker{rdb: redis.NewClient(opt), prefix: prefix + ":", h: h}
-	b.t.init()
-	b.st.init(h.State)
-	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b := &redisBroker{rdb: redis.NewClient(opt), prefix: prefix + ":"}
+	b.init(h)
 	b.wg.Add(2)
 	go b.run()
 	go b.apply()
 	return b, nil
-}
-
-func (b *redisBroker) Subscribe(topic string)   { b.t.set(topic, true) }
-func (b *redisBroker) Unsubscribe(topic string) { b.t.set(topic, false) }
-
-func (b *redisBroker) Status() Status {
-	up, err := b.st.get()
-	n, pending := b.t.counts()
-	return Status{Up: up, Err: err, Topics: n, Pending: pending}
 }
 
 func (b *redisBroker) Publish(ctx context.Context, topic string, payload []byte) (int, error) {
