@@ -24,6 +24,20 @@ func (c *core) init(h Handlers) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 }
 
+// onKick runs work, in the broker's goroutine, each time a subscription
+// change was recorded (or a reconnect asks for a look), until Close.
+func (c *core) onKick(work func()) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.t.kick:
+		}
+		work()
+	}
+}
+
 // Subscribe records that this instance wants topic; see Broker.
 func (c *core) Subscribe(topic string) { c.t.set(topic, true) }
 

@@ -74,7 +74,7 @@ func NewNATS(rawURL, prefix string, h Handlers) (Broker, error) {
 	}
 	b.wg.Add(2)
 	go b.receive()
-	go b.apply()
+	go b.onKick(b.apply)
 	return b, nil
 }
 
@@ -175,36 +175,28 @@ func (b *natsBroker) receive() {
 // apply makes the subscription changes recorded since, then flushes: once
 // the server answers, it has them all.
 func (b *natsBroker) apply() {
-	defer b.wg.Done()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case <-b.t.kick:
-		}
-		for _, c := range b.t.take() {
-			s := b.subs[c.topic]
-			switch {
-			case c.sub && s == nil:
-				s, err := b.nc.ChanSubscribe(b.subject(c.topic), b.msgs)
-				if err != nil {
-					continue // the connection is closed: nothing to renew
-				}
-				b.subs[c.topic] = s
-			case !c.sub && s != nil:
-				s.Unsubscribe()
-				delete(b.subs, c.topic)
+	for _, c := range b.t.take() {
+		s := b.subs[c.topic]
+		switch {
+		case c.sub && s == nil:
+			s, err := b.nc.ChanSubscribe(b.subject(c.topic), b.msgs)
+			if err != nil {
+				continue // the connection is closed: nothing to renew
 			}
+			b.subs[c.topic] = s
+		case !c.sub && s != nil:
+			s.Unsubscribe()
+			delete(b.subs, c.topic)
 		}
-		if !b.nc.IsConnected() {
-			continue // nats.go sends them on reconnect; up() pokes again
+	}
+	if !b.nc.IsConnected() {
+		return // nats.go sends them on reconnect; up() pokes again
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, RoundTrip)
+	defer cancel()
+	if b.nc.FlushWithContext(ctx) == nil {
+		for topic := range b.subs {
+			b.t.confirm(topic, true)
 		}
-		ctx, cancel := context.WithTimeout(b.ctx, RoundTrip)
-		if b.nc.FlushWithContext(ctx) == nil {
-			for topic := range b.subs {
-				b.t.confirm(topic, true)
-			}
-		}
-		cancel()
 	}
 }

@@ -55,7 +55,7 @@ func NewRedis(rawURL, prefix string, h Handlers) (Broker, error) {
 	b.init(h)
 	b.wg.Add(2)
 	go b.run()
-	go b.apply()
+	go b.onKick(b.apply)
 	return b, nil
 }
 
@@ -145,25 +145,17 @@ func (b *redisBroker) connect() (*redis.PubSub, error) {
 // connection. Without one they wait for the next connect, which
 // subscribes everything wanted.
 func (b *redisBroker) apply() {
-	defer b.wg.Done()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case <-b.t.kick:
-		}
-		b.applying.Lock()
-		b.mu.Lock()
-		ps := b.ps
-		b.mu.Unlock()
-		if ops := b.t.take(); ps != nil && len(ops) > 0 {
-			ctx, cancel := context.WithTimeout(b.ctx, RoundTrip)
-			// An error means a broken connection: the receive loop sees it
-			// too, and the reconnect subscribes everything again.
-			b.change(ctx, ps, ops)
-			cancel()
-		}
-		b.applying.Unlock()
+	b.applying.Lock()
+	defer b.applying.Unlock()
+	b.mu.Lock()
+	ps := b.ps
+	b.mu.Unlock()
+	if ops := b.t.take(); ps != nil && len(ops) > 0 {
+		ctx, cancel := context.WithTimeout(b.ctx, RoundTrip)
+		defer cancel()
+		// An error means a broken connection: the receive loop sees it
+		// too, and the reconnect subscribes everything again.
+		b.change(ctx, ps, ops)
 	}
 }
 
