@@ -108,7 +108,8 @@ func (h *Handler) probe(u upstream) {
 		log.Warn("websocket probe could not dial", zap.Error(err))
 		return
 	}
-	defer conn.Close()
+	// From here the connection is handshakeWith's: closed by it on a
+	// refusal, and by pb.close otherwise.
 	uri := h.Backend.ProbeURI
 	if uri == "" {
 		uri = "/"
