@@ -176,8 +176,9 @@ func (h *Handler) applyResume(cfg *terminate.Config, c *connection) {
 
 // serveResume attaches the upgrade r to the session c whose token it
 // carried, if r fits it (the same handler, path and mode, the session's
-// subprotocol offered); ok false: serve r as a new connection.
-func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, c *connection) (ok bool) {
+// subprotocol offered); ok false: serve r as a new connection. wait is as
+// serveUpgrade's.
+func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, c *connection) (wait func(), ok bool) {
 	rs, isResumable := c.relay.(resumable)
 	offered := tokens(r.Header, "Sec-WebSocket-Protocol")
 	// Bound to the handler the session runs under (after a reload, its
@@ -185,11 +186,11 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, c *connect
 	// another site's route with the same path must not take the session.
 	if !isResumable || h.hub.ownerOf(c) != h || c.path != r.URL.Path || c.mode != h.mode().name() ||
 		(c.subprotocol != "" && !slices.Contains(offered, c.subprotocol)) {
-		return false
+		return noWait, false
 	}
 	start := time.Now()
 	if !rs.TakeOver() {
-		return false // the session ended, or cannot be resumed exactly
+		return noWait, false // the session ended, or cannot be resumed exactly
 	}
 	extended := upgrade.IsExtendedConnect(r)
 	out := w.Header()
@@ -213,18 +214,16 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, c *connect
 	client, fromClient, wait, err := h.takeOver(w, r, extended)
 	if err != nil {
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
-		return true
+		return noWait, true
 	}
 	countUpgrade(protoName(r), "resumed")
 	if err := rs.Attach(client, fromClient, deflate); err != nil {
 		h.logger.Warn("websocket resume failed", zap.String("id", c.id), zap.Error(err))
 		client.Close()
-		wait()
-		return true
+		return wait, true
 	}
 	h.logger.Debug("websocket resume attached", zap.String("id", c.id), zap.Duration("took", time.Since(start)))
-	wait()
-	return true
+	return wait, true
 }
 
 // detachedView is what the admin list says of a session waiting for its

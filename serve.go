@@ -37,7 +37,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// Every WebSocket attempt is the gateway's, whatever the HTTP version:
 	// served, or refused with a reason, never handed on.
-	return h.serveUpgrade(w, r)
+	wait, err := h.serveUpgrade(w, r)
+	// An HTTP/2 or HTTP/3 stream lives only while its handler runs, and
+	// this goroutine reads the client's bytes for its life (wait): called
+	// here, after serveUpgrade's frame is gone, so that an idle stream's
+	// stack holds as little as Caddy's own handler chain allows.
+	wait()
+	return err
 }
 
 // handshake is the backend's upgrade request, made once from the
@@ -105,17 +111,18 @@ type established struct {
 
 // serveUpgrade is the data path of one upgrade, top to bottom: validate,
 // reserve, dial, backend handshake, answer the client, relay. It returns
-// once the relay runs; the connection does not keep this goroutine.
-func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
+// once the relay runs; the connection does not keep this goroutine, except
+// an HTTP/2 or HTTP/3 stream's, which the caller gives to wait (never nil).
+func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) (wait func(), err error) {
 	m := h.mode()
 	if rf := h.validate(r, m); rf != nil {
-		return h.refuse(w, r, rf)
+		return noWait, h.refuse(w, r, rf)
 	}
 
 	release, rf := h.hub.limits.reserve(requestIP(r), h.MaxConnections, h.MaxConnectionsPerIP)
 	if rf != nil {
 		w.Header().Set("Retry-After", "5")
-		return h.refuse(w, r, rf)
+		return noWait, h.refuse(w, r, rf)
 	}
 	// What a step took is given back here, in reverse, unless the relay
 	// starts: the connection's record then owns it until it ends.
@@ -130,8 +137,10 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	if h.resumeOn() {
 		// The same client back: its session, not a new backend connection.
 		if tok := resumeToken(r); tok != "" {
-			if c := h.hub.resume.take(tok); c != nil && h.serveResume(w, r, c) {
-				return nil // the session keeps its own reservation
+			if c := h.hub.resume.take(tok); c != nil {
+				if wait, ok := h.serveResume(w, r, c); ok {
+					return wait, nil // the session keeps its own reservation
+				}
 			}
 		}
 	}
@@ -143,7 +152,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 
 	b, rf := m.open(h, r.Context(), r, w, hs)
 	if rf != nil {
-		return h.backendFailed(w, r, rf)
+		return noWait, h.backendFailed(w, r, rf)
 	}
 	undo = append(undo, b.close)
 	if b.res.StatusCode != http.StatusSwitchingProtocols {
@@ -152,14 +161,14 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		}
 		countUpgrade(protoName(r), "backend_refused")
 		h.passThrough(w, r, b.up, b.res)
-		return nil
+		return noWait, nil
 	}
 	h.debugHandshake(hs.id, b.up, r.Header, b.res.Header)
 
 	agreed, rf := m.answer(h, r, b.res, w.Header())
 	if rf != nil {
 		rf.upstream = b.up.raw
-		return h.backendFailed(w, r, rf)
+		return noWait, h.backendFailed(w, r, rf)
 	}
 	pol := h.policyFor(b.up, r.RemoteAddr)
 	if h.Client != nil && h.Client.Announce {
@@ -173,7 +182,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	client, fromClient, wait, err := h.takeOver(w, r, hs.extended)
 	if err != nil {
 		h.logger.Error("websocket hijack failed", zap.Error(err), zap.String("path", r.URL.Path))
-		return nil
+		return noWait, nil
 	}
 
 	c := h.newConnection(r, hs.id, b.up, agreed)
@@ -188,9 +197,12 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		h.hub.channels.subscribe(c, ch)
 	}
 	c.relay.Start(fromClient, b.takeBuffered())
-	wait()
-	return nil
+	return wait, nil
 }
+
+// noWait is the wait of a connection that does not keep the handler's
+// goroutine: a hijacked one, or none.
+func noWait() {}
 
 // takeOver answers the client and takes its connection: a hijacked
 // HTTP/1.1 socket (101), or an HTTP/2 or HTTP/3 stream (200), which lives
@@ -199,7 +211,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, extended bool) (client net.Conn, fromClient []byte, wait func(), err error) {
 	if !extended {
 		client, fromClient, err = h.hijack(w)
-		return client, fromClient, func() {}, err
+		return client, fromClient, noWait, err
 	}
 	restore := overrideIdleTimeouts(r)
 	sc, err := stream.Serve(w, r)
@@ -207,7 +219,17 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, extended bool
 		restore()
 		return nil, nil, nil, err
 	}
-	return sc, nil, func() { <-sc.Done(); restore() }, nil
+	if sc.Detached() {
+		// HTTP/3: the stream is the Conn's now, and the handler returns;
+		// one goroutine reads the client's bytes.
+		restore()
+		go sc.Pump()
+		return sc, nil, noWait, nil
+	}
+	// HTTP/2: the handler's goroutine, which must stay in ServeHTTP for the
+	// stream to live, is the one that reads the client's bytes; a quiet
+	// stream holds no other.
+	return sc, nil, func() { sc.Pump(); <-sc.Done(); restore() }, nil
 }
 
 // overrideIdleTimeouts lifts Caddy's read and write idle timeouts (a

@@ -64,7 +64,7 @@ https://localhost:%d {
 	waitLog(t, log, "serving initial configuration", 30*time.Second)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
-	measure := func() (rssKiB, goroutines int, heapKiB float64) {
+	measure := func() (rssKiB, goroutines int, heapKiB, stackKiB float64) {
 		time.Sleep(500 * time.Millisecond)
 		// A heap profile with gc=1 has the process collect first: the
 		// figures are then live memory, not garbage of the handshakes.
@@ -88,11 +88,13 @@ https://localhost:%d {
 			if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
 				goroutines, _ = strconv.Atoi(v)
 			}
-			for _, k := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
-				if v, ok := strings.CutPrefix(l, k); ok {
-					f, _ := strconv.ParseFloat(v, 64)
-					heapKiB += f / 1024
-				}
+			if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				heapKiB = f / 1024
+			}
+			if v, ok := strings.CutPrefix(l, "go_memstats_stack_inuse_bytes "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				stackKiB = f / 1024
 			}
 		}
 		return
@@ -114,7 +116,7 @@ https://localhost:%d {
 		clients = append(clients, cc)
 	}
 	time.Sleep(time.Second)
-	rss0, g0, h0 := measure()
+	rss0, g0, h0, s0 := measure()
 	for _, cc := range clients {
 		for range perConn {
 			str, err := cc.OpenRequestStream(ctx)
@@ -135,12 +137,25 @@ https://localhost:%d {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	rss1, g1, h1 := measure()
-	t.Logf("HTTP/3: %d idle WebSocket streams on %d QUIC connections: %.1f KiB RSS, %.1f KiB heap+stack, %.2f goroutines per stream",
-		n, conns, float64(rss1-rss0)/n, (h1-h0)/n, float64(g1-g0)/n)
+	rss1, g1, h1, s1 := measure()
+	t.Logf("HTTP/3: %d idle WebSocket streams on %d QUIC connections: %.1f KiB RSS, %.1f KiB heap+stack (heap %.1f, stacks %.1f), %.2f goroutines per stream",
+		n, conns, float64(rss1-rss0)/n, (h1-h0+s1-s0)/n, (h1-h0)/n, (s1-s0)/n, float64(g1-g0)/n)
+	if dir := os.Getenv("MEASURE_PROFILE"); dir != "" {
+		// The live heap of the streams, for go tool pprof.
+		if res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", admin)); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			os.WriteFile(dir+"/h3-streams.pprof", b, 0o644)
+		}
+		if res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", admin)); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			os.WriteFile(dir+"/h3-goroutines.txt", b, 0o644)
+		}
+	}
 
 	// The same number over HTTP/1.1 wss, for comparison.
-	rss2, g2, h2 := measure()
+	rss2, g2, h2, s2 := measure()
 	tlsH1 := &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", NextProtos: []string{"http/1.1"}}
 	for range n {
 		c, err := tls.Dial("tcp", addr, tlsH1)
@@ -155,7 +170,7 @@ https://localhost:%d {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	rss3, g3, h3 := measure()
-	t.Logf("HTTP/1.1 wss: %d idle WebSockets: %.1f KiB RSS, %.1f KiB heap+stack, %.2f goroutines per connection",
-		n, float64(rss3-rss2)/n, (h3-h2)/n, float64(g3-g2)/n)
+	rss3, g3, h3, s3 := measure()
+	t.Logf("HTTP/1.1 wss: %d idle WebSockets: %.1f KiB RSS, %.1f KiB heap+stack (heap %.1f, stacks %.1f), %.2f goroutines per connection",
+		n, float64(rss3-rss2)/n, (h3-h2+s3-s2)/n, (h3-h2)/n, (s3-s2)/n, float64(g3-g2)/n)
 }

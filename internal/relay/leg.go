@@ -144,7 +144,15 @@ func (l *Leg) turn() {
 			why = ErrGraceOver
 			break
 		}
-		b, err := l.rd.Read(l.Live.WaitInPoller())
+		var b []byte
+		var err error
+		if wait := l.Live.WaitInPoller(); !wait && l.park.Unready() {
+			// Woken by the timer or a Wake, and no bytes came since the
+			// socket was last found empty: no read (package quiet).
+			err = l.rd.Empty()
+		} else {
+			b, err = l.rd.Read(wait)
+		}
 		if err == quiet.ErrWouldBlock {
 			if l.Live.Park() {
 				return

@@ -3,10 +3,12 @@ package stream
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/caddy-websocket/caddy-websocket/internal/relay/quiet"
 	"github.com/caddy-websocket/caddy-websocket/internal/tcptest"
 )
 
@@ -16,8 +18,17 @@ import (
 // read makes writes block, as HTTP/2 or QUIC flow control would.
 func newOnSocket(t *testing.T) (*Conn, io.ReadWriter) {
 	near, far := tcptest.Pair(t)
-	c := New(near, near, func() error { return nil }, near.SetWriteDeadline, near.SetWriteDeadline, near.LocalAddr(), near.RemoteAddr())
-	t.Cleanup(func() { c.Close() })
+	c := New(near, near, func() error { return nil }, near.SetWriteDeadline, near.SetWriteDeadline, near.SetReadDeadline, near.LocalAddr(), near.RemoteAddr())
+	pumped := make(chan struct{})
+	go func() { c.Pump(); close(pumped) }()
+	t.Cleanup(func() {
+		c.Close()
+		select {
+		case <-pumped:
+		case <-time.After(5 * time.Second):
+			t.Error("Close did not end the pump")
+		}
+	})
 	return c, far
 }
 
@@ -113,5 +124,89 @@ func TestCloseEndsABlockedWrite(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("x")); err == nil {
 		t.Fatal("write after Close")
+	}
+}
+
+// A parked reader is woken by the hand-over, once, and finds the bytes
+// without waiting; the pump reads on only once they are consumed; the end
+// of the body wakes it too and reads as io.EOF.
+func TestArmAndNext(t *testing.T) {
+	c, peer := newOnSocket(t)
+	if _, err := c.Next(false); err != quiet.ErrWouldBlock {
+		t.Fatalf("Next on nothing: %v", err)
+	}
+	woken := make(chan struct{}, 4)
+	c.Arm(func() { woken <- struct{}{} })
+	select {
+	case <-woken:
+		t.Fatal("woken with nothing there")
+	case <-time.After(50 * time.Millisecond):
+	}
+	io.WriteString(peer, "one")
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hand-over did not wake the parked reader")
+	}
+	b, err := c.Next(false)
+	if err != nil || string(b) != "one" {
+		t.Fatalf("%q %v", b, err)
+	}
+	io.WriteString(peer, "two")
+	time.Sleep(50 * time.Millisecond)
+	// Not consumed yet: still the same bytes, the pump waits.
+	c.rmu.Lock()
+	held := string(c.data)
+	c.rmu.Unlock()
+	if held != "one" {
+		t.Fatalf("the pump went on before the bytes were consumed: %q", held)
+	}
+	// Armed with bytes there: ready at once.
+	c.Consumed()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.rmu.Lock()
+		got := len(c.data) > 0
+		c.rmu.Unlock()
+		if got || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.Arm(func() { woken <- struct{}{} })
+	select {
+	case <-woken:
+	default:
+		t.Fatal("Arm with bytes there did not call ready at once")
+	}
+	if b, err := c.Next(false); err != nil || string(b) != "two" {
+		t.Fatalf("%q %v", b, err)
+	}
+	c.Arm(func() { woken <- struct{}{} })
+	peer.(interface{ CloseWrite() error }).CloseWrite()
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the end of the body did not wake the parked reader")
+	}
+	if _, err := c.Next(true); err != io.EOF {
+		t.Fatalf("after the end: %v, want io.EOF", err)
+	}
+}
+
+// Close ends a Next waiting without a deadline.
+func TestCloseEndsAWaitingRead(t *testing.T) {
+	c, _ := newOnSocket(t)
+	errc := make(chan error, 1)
+	go func() { _, err := c.Next(true); errc <- err }()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("%v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the read")
 	}
 }

@@ -65,7 +65,7 @@ func loop(raw syscall.RawConn) {
 				for _, ev := range evs[:n] {
 					if fd := int(ev.Fd); fd < len(table) {
 						if w := table[fd]; w != nil {
-							w.fire()
+							w.ready()
 						}
 					}
 				}

@@ -10,9 +10,10 @@
 // late or spurious wake only costs a look at the leg.
 //
 // An idle connection then holds its sockets and a few hundred bytes of
-// state instead of two parked goroutine stacks. Where parking is not
-// available (not Linux, not a TCP or TLS-over-TCP connection) Init
-// reports false and the leg keeps its goroutine, waiting in Go's network
+// state instead of two parked goroutine stacks. A stream (a Source) parks
+// the same way, its hand-over of bytes standing for the epoll event. Where
+// parking is not available (not Linux, not a TCP or TLS-over-TCP
+// connection, not a Source) Init reports false and the leg keeps its goroutine, waiting in Go's network
 // poller as before.
 
 package quiet
@@ -35,7 +36,8 @@ const (
 // Waiter parks one connection's reader. Park, Stop and Init belong to the
 // goroutine running the reader; Wake may be called from anywhere.
 type Waiter struct {
-	raw   syscall.RawConn
+	raw   syscall.RawConn // the socket, or
+	src   Source          // a connection that is told when it has bytes
 	run   func()
 	timer *time.Timer
 
@@ -43,6 +45,12 @@ type Waiter struct {
 	state   atomic.Int32
 	fd      int32
 	pending atomic.Bool // a Wake came while running: don't park on it
+	// armed: the oneshot registration is armed and its event has not come
+	// since. The socket then had nothing to read when it was armed and has
+	// had nothing since (the event would have come), so a turn started by
+	// the timer or a Wake need not read it, and parking again need not
+	// re-arm it: on a keepalive round that saves a read and an epoll_ctl.
+	armed atomic.Bool
 	failed  atomic.Bool // the epoll set refused the socket: never park
 	reg     bool        // in the epoll set
 }
@@ -51,6 +59,10 @@ type Waiter struct {
 // wake and must either park again or Stop. It reports false when conn
 // cannot be parked.
 func (w *Waiter) Init(conn net.Conn, run func()) bool {
+	if src, ok := conn.(Source); ok {
+		w.src, w.run, w.fd = src, run, -1
+		return true
+	}
 	if tc, ok := conn.(*tls.Conn); ok {
 		// Readiness of a TLS connection is its socket's: the reader asks
 		// crypto/tls for what it holds before it parks (Reader).
@@ -70,7 +82,7 @@ func (w *Waiter) Init(conn net.Conn, run func()) bool {
 
 // Enabled reports whether the connection can park: Init succeeded and the
 // epoll set has not refused it.
-func (w *Waiter) Enabled() bool { return w.raw != nil && !w.failed.Load() }
+func (w *Waiter) Enabled() bool { return w.run != nil && !w.failed.Load() }
 
 // Park hands the reader's turn over: run will be started again when the
 // connection is readable (or hung up), at at (when not zero), or on Wake,
@@ -116,8 +128,20 @@ func (w *Waiter) Park(at time.Time) bool {
 	return true
 }
 
-// arm puts the socket in the epoll set, or re-arms its oneshot event.
+// arm puts the socket in the epoll set, or re-arms its oneshot event
+// unless it is still armed.
 func (w *Waiter) arm() error {
+	if w.reg && w.armed.Load() {
+		return nil
+	}
+	// Armed before the syscall: the event it may report at once clears it
+	// (ready), and must not find it cleared already.
+	w.armed.Store(true)
+	if w.src != nil {
+		w.reg = true
+		w.src.Arm(w.ready)
+		return nil
+	}
 	var err error
 	cerr := w.raw.Control(func(fd uintptr) {
 		if !w.reg {
@@ -129,20 +153,37 @@ func (w *Waiter) arm() error {
 		}
 		err = rearm(int(fd))
 	})
-	if cerr != nil {
-		return cerr
+	if cerr == nil {
+		cerr = err
 	}
-	return err
+	if cerr != nil {
+		w.armed.Store(false)
+	}
+	return cerr
 }
 
 // Wake starts the reader's next turn now if it is parked, or makes its next
 // Park return false if it is running: something changed that it must look
 // at (a new policy, a close).
 func (w *Waiter) Wake() {
-	if w.raw == nil {
+	if w.run == nil {
 		return
 	}
 	w.pending.Store(true)
+	w.fire()
+}
+
+// Unready reports that the socket has had nothing to read since the reader
+// last found it empty: its readiness event is armed and has not come. A
+// turn the timer or a Wake started can then skip the read. An event on its
+// way still arrives: it clears armed, so the Park that follows re-arms, and
+// a level-triggered re-arm reports the bytes at once.
+func (w *Waiter) Unready() bool { return w.armed.Load() }
+
+// ready is the epoll set's event for the socket: readable bytes or a
+// hang-up. The oneshot registration is now disarmed.
+func (w *Waiter) ready() {
+	w.armed.Store(false)
 	w.fire()
 }
 
@@ -157,7 +198,7 @@ func (w *Waiter) fire() {
 // Stop takes the connection out of the epoll set and stops its timer; the
 // reader calls it before closing the socket. Later wakes do nothing.
 func (w *Waiter) Stop() {
-	if w.raw == nil {
+	if w.run == nil {
 		return
 	}
 	w.mu.Lock()
@@ -166,8 +207,11 @@ func (w *Waiter) Stop() {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
-	if w.reg {
+	if w.reg && w.src != nil {
+		w.src.Disarm()
+	} else if w.reg {
 		w.raw.Control(func(fd uintptr) { remove(w, int(fd)) })
 		w.reg = false
+		w.armed.Store(false)
 	}
 }

@@ -152,3 +152,43 @@ func TestParkedHoldsNoGoroutine(t *testing.T) {
 		expectTurn(t, turns, "bytes")
 	}
 }
+
+// TestUnready: a turn the timer started knows the socket is still empty
+// (no read needed) and parks again without re-arming; bytes that come
+// while it runs are not lost.
+func TestUnready(t *testing.T) {
+	w, far, turns := newWaiter(t)
+	if w.Unready() {
+		t.Fatal("unready before the first park")
+	}
+	w.Park(time.Now().Add(50 * time.Millisecond))
+	expectTurn(t, turns, "the timer")
+	if !w.Unready() {
+		t.Fatal("a timer's turn does not know the socket is empty")
+	}
+	// Parks again on the registration still armed: bytes wake it.
+	if !w.Park(time.Time{}) {
+		t.Fatal("did not park")
+	}
+	far.Write([]byte("x"))
+	expectTurn(t, turns, "bytes after a park that did not re-arm")
+	if w.Unready() {
+		t.Fatal("unready after the bytes' event")
+	}
+	// Bytes that come while the turn runs: their event finds it running,
+	// and the next Park re-arms, which reports them at once.
+	w.Park(time.Now().Add(30 * time.Millisecond))
+	expectTurn(t, turns, "the timer")
+	far.Write([]byte("y"))
+	deadline := time.Now().Add(5 * time.Second)
+	for w.Unready() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if w.Unready() {
+		t.Fatal("the bytes' event did not come while running")
+	}
+	if !w.Park(time.Time{}) {
+		t.Fatal("did not park")
+	}
+	expectTurn(t, turns, "bytes that came while running")
+}

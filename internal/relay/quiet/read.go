@@ -3,7 +3,8 @@
 // only for the read syscall that has bytes to return. A TLS connection over
 // TCP borrows a pooled buffer for each read, and can be read without
 // waiting: crypto/tls is asked for what it already holds, and the socket is
-// peeked for more (see readTLS). Other connections (wrapped listeners,
+// peeked for more (see readTLS). A Source (an HTTP/2 or HTTP/3 stream)
+// lends the bytes handed over to it. Other connections (wrapped listeners,
 // pipes) get a small buffer of their own and always wait.
 //
 // A read that returns less than the buffer has almost always drained the
@@ -44,6 +45,7 @@ var pool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
 // Reader reads one connection. It is not safe for concurrent use.
 type Reader struct {
 	conn net.Conn
+	src  Source // a connection that hands over its bytes (nil: conn is read)
 	raw  syscall.RawConn
 	tls  *tls.Conn // a TLS connection over raw's socket
 
@@ -64,6 +66,10 @@ type Reader struct {
 // Init prepares r to read conn.
 func (r *Reader) Init(conn net.Conn) {
 	r.conn = conn
+	if src, ok := conn.(Source); ok {
+		r.src = src
+		return
+	}
 	if tc, ok := conn.(*tls.Conn); ok {
 		if tcp, ok := TCP(tc.NetConn()); ok {
 			if raw, err := tcp.SyscallConn(); err == nil {
@@ -126,6 +132,9 @@ func (r *Reader) readFD(fd uintptr) bool {
 // deadline errors as they are.
 func (r *Reader) Read(wait bool) ([]byte, error) {
 	r.Release()
+	if r.src != nil {
+		return r.src.Next(wait)
+	}
 	if r.tls != nil {
 		return r.readTLS(wait)
 	}
@@ -156,6 +165,20 @@ func (r *Reader) Read(wait bool) ([]byte, error) {
 		return nil, io.EOF
 	}
 	return (*r.slot)[:r.n], nil
+}
+
+// Empty is what Read(false) returns on a connection known to have nothing
+// ready (a parked reader's socket whose readiness event has not come,
+// Waiter.Unready), without a syscall: ErrWouldBlock, or
+// os.ErrDeadlineExceeded once the read deadline has passed, as the socket
+// would say. It gives back the buffer of the last Read.
+func (r *Reader) Empty() error {
+	r.Release()
+	r.drained = false
+	if r.deadlinePassed() {
+		return os.ErrDeadlineExceeded
+	}
+	return ErrWouldBlock
 }
 
 // SetReadDeadline sets the connection's read deadline. The owner of a
@@ -256,6 +279,10 @@ func (r *Reader) socketReady() bool {
 
 // Release returns the buffer of the last Read to the pool early.
 func (r *Reader) Release() {
+	if r.src != nil {
+		r.src.Consumed()
+		return
+	}
 	if r.slot != nil {
 		pool.Put(r.slot)
 		r.slot = nil

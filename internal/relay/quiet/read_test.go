@@ -1,6 +1,7 @@
 package quiet
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -146,4 +147,17 @@ func TestTLSWithoutWaiting(t *testing.T) {
 		t.Fatalf("after the peer closed: %v", err)
 	}
 	r.Release()
+}
+
+func TestEmpty(t *testing.T) {
+	near, _ := tcptest.Pair(t)
+	var r Reader
+	r.Init(near)
+	if err := r.Empty(); err != ErrWouldBlock {
+		t.Fatalf("Empty = %v, want ErrWouldBlock", err)
+	}
+	r.SetReadDeadline(time.Now().Add(-time.Second))
+	if err := r.Empty(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Empty past the deadline = %v", err)
+	}
 }
