@@ -50,9 +50,9 @@ type Waiter struct {
 	// had nothing since (the event would have come), so a turn started by
 	// the timer or a Wake need not read it, and parking again need not
 	// re-arm it: on a keepalive round that saves a read and an epoll_ctl.
-	armed atomic.Bool
-	failed  atomic.Bool // the epoll set refused the socket: never park
-	reg     bool        // in the epoll set
+	armed  atomic.Bool
+	failed atomic.Bool // the epoll set refused the socket: never park
+	reg    bool        // in the epoll set
 }
 
 // Init prepares w to park conn; run is started in a new goroutine at each
