@@ -31,6 +31,12 @@ var tlsDialer = websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferS
 		CurvePreferences: []tls.CurveID{tls.X25519}}}
 
 func dial(p *proc) (*websocket.Conn, error) {
+	if p.streams != nil {
+		d := dialer
+		d.NetDialContext = p.streams.conn
+		c, _, err := d.Dial("ws://"+p.addr+"/echo", nil)
+		return c, err
+	}
 	if p.tls {
 		c, _, err := tlsDialer.Dial("wss://"+p.addr+"/echo", nil)
 		return c, err
@@ -117,7 +123,9 @@ func idle(p *proc, s settings, res result) error {
 			defer func() { <-sem }()
 			c, err := dial(p)
 			if err != nil {
-				failed.Add(1)
+				if failed.Add(1) == 1 {
+					log.Printf("  idle: %v", err)
+				}
 				return
 			}
 			conns[i] = c

@@ -50,7 +50,7 @@ func main() {
 	cases := flag.String("cases", "", "comma-separated cases to run: idle, handshake, echo, pipelined (default: all)")
 	idleN := flag.Int("idle", 0, "idle connections (default 10000, or 1000 with -quick)")
 	reps := flag.Int("reps", 0, "repetitions (default 2, or 1 with -quick)")
-	schemes := flag.String("schemes", "ws,wss", "comma-separated: ws (plaintext), wss (TLS on the client leg)")
+	schemes := flag.String("schemes", "ws,wss", "comma-separated: ws (plaintext), wss (TLS on the client leg), h2 and h3 (the client legs as HTTP/2 or HTTP/3 extended CONNECT streams, Caddy targets only)")
 	fan := flag.Bool("fanout", false, "measure the push API's fan-out (no bus, Redis, NATS) instead of the targets")
 	subscribers := flag.Int("subscribers", 1000, "fan-out: subscribers of the channel")
 	publishes := flag.Int("publishes", 50, "fan-out: publishes timed one at a time")

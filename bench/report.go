@@ -13,8 +13,10 @@ const baseline = "caddy-stock"
 // baselineOf is the target a target's ratios are to: stock Caddy over the
 // same scheme (a wss target's, over wss).
 func baselineOf(target string) string {
-	if strings.HasSuffix(target, "-wss") {
-		return baseline + "-wss"
+	for _, sfx := range []string{"-wss", "-h2", "-h3"} {
+		if strings.HasSuffix(target, sfx) {
+			return baseline + sfx
+		}
 	}
 	return baseline
 }

@@ -27,9 +27,15 @@ type proc struct {
 	admin string // Caddy's admin address, for go_goroutines
 	pings bool   // the target sends keepalive pings (this module, default 20 s)
 	tls   bool   // the target serves wss
+	// streams opens the client legs as HTTP/2 or HTTP/3 streams (schemes
+	// h2, h3); nil: HTTP/1.1 upgrades.
+	streams *streamDialer
 }
 
 func (p *proc) stop() {
+	if p.streams != nil {
+		p.streams.close()
+	}
 	if p.cmd != nil && p.cmd.Process != nil {
 		p.cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
@@ -171,7 +177,15 @@ func waitListening(addr string) error {
 }
 
 func start(addr, admin string, name string, args ...string) (*proc, error) {
+	return startEnv(nil, addr, admin, name, args...)
+}
+
+// startEnv starts a target with env added to the bench's environment.
+func startEnv(env []string, addr, admin string, name string, args ...string) (*proc, error) {
 	cmd := exec.Command(name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	logf, _ := os.CreateTemp("", "wsbench-"+filepath.Base(name)+"-*.log")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -197,10 +211,12 @@ type targetSpec struct {
 }
 
 // caddyTarget runs Caddy with handler on a site as production runs one:
-// an access log (discarded) and the metrics option on, and with wss the
-// bench's certificate on HTTPS (HTTP/1.1 upgrades: the load generator
-// speaks HTTP/1.1).
-func caddyTarget(bin, work, name, handler string, wss bool) targetSpec {
+// an access log (discarded) and the metrics option on, and with wss, h2 or
+// h3 the bench's certificate on HTTPS (which serves all three). The
+// scheme is how the load generator's client legs come: HTTP/1.1 upgrades
+// (ws, wss) or extended CONNECT streams (h2, h3).
+func caddyTarget(bin, work, name, handler, scheme string) targetSpec {
+	wss := scheme != "ws"
 	return targetSpec{name: name, start: func(echo string) (*proc, error) {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort())
 		admin := fmt.Sprintf("127.0.0.1:%d", freePort())
@@ -229,10 +245,22 @@ func caddyTarget(bin, work, name, handler string, wss bool) targetSpec {
 `, admin, auto, site, tlsLine, strings.ReplaceAll(handler, "ECHO", echo))
 		path := filepath.Join(work, name+".Caddyfile")
 		os.WriteFile(path, []byte(cf), 0o644)
-		p, err := start(addr, admin, filepath.Join(bin, "caddy"), "run", "--config", path, "--adapter", "caddyfile")
+		var env []string
+		if scheme == "h2" {
+			// Go's HTTP/2 server takes extended CONNECT (RFC 8441) only
+			// with this process-wide setting (README, HTTP/2).
+			env = []string{"GODEBUG=http2xconnect=1"}
+		}
+		p, err := startEnv(env, addr, admin, filepath.Join(bin, "caddy"), "run", "--config", path, "--adapter", "caddyfile")
 		if p != nil {
 			p.pings = strings.HasPrefix(handler, "websocket")
 			p.tls = wss
+			if scheme == "h2" || scheme == "h3" {
+				p.streams = newStreamDialer(scheme, addr)
+				// The keepalive's cost is measured on sockets; an HTTP/2
+				// response body has no read deadline to end that window.
+				p.pings = false
+			}
 		}
 		return p, err
 	}}
@@ -244,6 +272,16 @@ func caddyTarget(bin, work, name, handler string, wss bool) targetSpec {
 func availableTargets(bin, work, echo string, schemes []string) []targetSpec {
 	var ts []targetSpec
 	for _, scheme := range schemes {
+		if scheme == "h2" || scheme == "h3" {
+			// Streams: Caddy's targets only (nginx does not take WebSockets
+			// over HTTP/2 or HTTP/3; HAProxy's HTTP/3 is not in Debian's).
+			sfx := "-" + scheme
+			ts = append(ts,
+				caddyTarget(bin, work, "caddy-stock"+sfx, "reverse_proxy ECHO", scheme),
+				caddyTarget(bin, work, "tunnel"+sfx, "websocket ECHO", scheme),
+				caddyTarget(bin, work, "terminate"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", scheme))
+			continue
+		}
 		wss := scheme == "wss"
 		sfx := ""
 		if wss {
@@ -254,15 +292,15 @@ func availableTargets(bin, work, echo string, schemes []string) []targetSpec {
 			}})
 		}
 		ts = append(ts,
-			caddyTarget(bin, work, "caddy-stock"+sfx, "reverse_proxy ECHO", wss),
-			caddyTarget(bin, work, "tunnel"+sfx, "websocket ECHO", wss),
-			caddyTarget(bin, work, "terminate"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", wss))
+			caddyTarget(bin, work, "caddy-stock"+sfx, "reverse_proxy ECHO", scheme),
+			caddyTarget(bin, work, "tunnel"+sfx, "websocket ECHO", scheme),
+			caddyTarget(bin, work, "terminate"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", scheme))
 		if before != "" {
 			// The same targets built from another commit (BENCH_BEFORE),
 			// to compare a change in one run.
 			ts = append(ts,
-				caddyTarget(filepath.Dir(before), work, "tunnel@before"+sfx, "websocket ECHO", wss),
-				caddyTarget(filepath.Dir(before), work, "terminate@before"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", wss))
+				caddyTarget(filepath.Dir(before), work, "tunnel@before"+sfx, "websocket ECHO", scheme),
+				caddyTarget(filepath.Dir(before), work, "terminate@before"+sfx, "websocket ECHO {\n\t\tmode terminate\n\t}", scheme))
 		}
 		ts = append(ts, nginxTarget(work, echo, wss, sfx)...)
 		ts = append(ts, haproxyTarget(work, echo, wss, sfx)...)

@@ -108,7 +108,7 @@ func (w *Waiter) Park(at time.Time) bool {
 	if !at.IsZero() {
 		d := time.Until(at)
 		if w.timer == nil {
-			w.timer = time.AfterFunc(d, w.fire)
+			w.timer = time.AfterFunc(d, w.timed)
 		} else {
 			w.timer.Reset(d)
 		}
@@ -185,6 +185,14 @@ func (w *Waiter) Unready() bool { return w.armed.Load() }
 func (w *Waiter) ready() {
 	w.armed.Store(false)
 	w.fire()
+}
+
+// timed is the timer's wake: the runtime already runs it in a goroutine of
+// its own, so the turn runs there instead of in yet another.
+func (w *Waiter) timed() {
+	if w.state.CompareAndSwap(parked, running) {
+		w.run()
+	}
 }
 
 // fire starts a turn if the reader is parked. Readiness and timers call it
