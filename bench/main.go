@@ -9,6 +9,8 @@
 //	go run ./bench -quick     # a few minutes
 //	BENCH_BEFORE=/tmp/old/caddy go run ./bench   # also the module's targets from another build
 //	go run ./bench -fanout    # the push API's fan-out, without a bus and over Redis and NATS
+//	go run ./bench -keepalive-cost 5000   # CPU per keepalive ping round, beside a minimal Go server's
+//	go run ./bench -schemes h2,h3         # the client legs as HTTP/2 or HTTP/3 streams
 //
 // Every Caddy target runs as production sites do, with an access log and
 // the metrics option on; the wss targets (HAProxy and nginx too) serve the
@@ -51,11 +53,16 @@ func main() {
 	idleN := flag.Int("idle", 0, "idle connections (default 10000, or 1000 with -quick)")
 	reps := flag.Int("reps", 0, "repetitions (default 2, or 1 with -quick)")
 	schemes := flag.String("schemes", "ws,wss", "comma-separated: ws (plaintext), wss (TLS on the client leg), h2 and h3 (the client legs as HTTP/2 or HTTP/3 extended CONNECT streams, Caddy targets only)")
+	kaCost := flag.Int("keepalive-cost", 0, "measure the keepalive's CPU per ping round with this many connections, beside the floor of a minimal Go server, instead of the targets")
 	fan := flag.Bool("fanout", false, "measure the push API's fan-out (no bus, Redis, NATS) instead of the targets")
 	subscribers := flag.Int("subscribers", 1000, "fan-out: subscribers of the channel")
 	publishes := flag.Int("publishes", 50, "fan-out: publishes timed one at a time")
 	burst := flag.Int("burst", 50, "fan-out: publishes back to back for the delivery rate")
 	flag.Parse()
+	if *pingerAddr != "" {
+		runPinger(*pingerAddr)
+		return
+	}
 	log.SetFlags(0)
 	s := settings{idleConns: 10000, dur: 3 * time.Second, reps: 2, keepaliveWindow: 22 * time.Second}
 	if *quick {
@@ -109,6 +116,18 @@ func main() {
 		log.Fatal(err)
 	}
 	defer echo.stop()
+
+	if *kaCost > 0 {
+		text := runKeepaliveCost(bin, work, echo.addr, *kaCost)
+		fmt.Print(text)
+		if *out != "" {
+			os.MkdirAll(filepath.Dir(*out), 0o755)
+			if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+				log.Fatal(err)
+			}
+		}
+		return
+	}
 
 	if err := writeCert(work); err != nil {
 		log.Fatal(err)
