@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -152,6 +153,11 @@ func runKeepaliveCost(bin, work, echo string, n int) string {
 		{"terminate", func() (*proc, error) {
 			return caddyTarget(bin, work, "terminate-ka", fmt.Sprintf(handler, "\n\t\tmode terminate"), "ws").start(echo)
 		}, true},
+	}
+	if before != "" {
+		rows = append(rows, row{"tunnel@before", func() (*proc, error) {
+			return caddyTarget(filepath.Dir(before), work, "tunnel-ka-before", fmt.Sprintf(handler, ""), "ws").start(echo)
+		}, true})
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Keepalive: CPU per ping round\n\n%d idle connections, each pinged every %v by the target (client leg only; the clients answer each Ping with a Pong), CPU of the target's process over %v; %s.\n\n",

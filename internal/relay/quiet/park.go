@@ -187,19 +187,46 @@ func (w *Waiter) ready() {
 	w.fire()
 }
 
-// timed is the timer's wake: the runtime already runs it in a goroutine of
-// its own, so the turn runs there instead of in yet another.
-func (w *Waiter) timed() {
-	if w.state.CompareAndSwap(parked, running) {
-		w.run()
-	}
-}
+// timed is the timer's wake.
+func (w *Waiter) timed() { w.fire() }
 
 // fire starts a turn if the reader is parked. Readiness and timers call it
 // without setting pending: a turn re-reads the socket and the clock anyway.
 func (w *Waiter) fire() {
 	if w.state.CompareAndSwap(parked, running) {
-		go w.run()
+		runTurn(w.run)
+	}
+}
+
+// Turns run on a few long-lived goroutines when one is free: a goroutine
+// started per wake-up would begin with a 2 KiB stack and grow it (copy it)
+// on every turn, as the leg loop needs more. Past maxIdleWorkers free ones
+// a worker exits, so the pool follows the turns running at once, not the
+// connections.
+var (
+	workQueue   = make(chan func()) // unbuffered: taken only by a free worker
+	idleWorkers atomic.Int32
+)
+
+const maxIdleWorkers = 16
+
+func runTurn(f func()) {
+	select {
+	case workQueue <- f:
+	default:
+		go worker(f)
+	}
+}
+
+func worker(f func()) {
+	for {
+		f()
+		if idleWorkers.Add(1) > maxIdleWorkers {
+			idleWorkers.Add(-1)
+			return
+		}
+		f = <-workQueue
+		idleWorkers.Add(-1)
 	}
 }
 

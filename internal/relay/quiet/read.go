@@ -49,14 +49,20 @@ type Reader struct {
 	raw  syscall.RawConn
 	tls  *tls.Conn // a TLS connection over raw's socket
 
-	dmu      sync.Mutex // orders SetReadDeadline and a TLS read that does not wait
+	dmu      sync.Mutex // orders SetReadDeadline and the reads that use it
 	deadline time.Time  // the read deadline the owner set
 	probing  bool       // a TLS read that does not wait holds the deadline in the past
-	own      *[]byte    // the buffer of a connection that cannot be read lazily
-	fn       func(fd uintptr) bool
-	slot     *[]byte // the pooled buffer lent by the last Read
-	n        int
-	err      error
+	// A plain TCP socket gets the owner's deadline only while a Read waits
+	// in the poller (waiting); a Read that does not wait checks it itself.
+	// Moving a socket's deadline is a runtime timer update, and a parked
+	// leg moves its own deadline twice per keepalive round.
+	applied time.Time // the deadline on the socket
+	waiting bool      // a Read waits in the poller
+	own     *[]byte   // the buffer of a connection that cannot be read lazily
+	fn      func(fd uintptr) bool
+	slot    *[]byte // the pooled buffer lent by the last Read
+	n       int
+	err     error
 
 	drained bool // the last read returned less than asked: nothing is likely left
 	wait    bool // this Read waits in the poller when nothing is ready
@@ -151,7 +157,16 @@ func (r *Reader) Read(wait bool) ([]byte, error) {
 		}
 	}
 	r.wait, r.blocked = wait, false
-	if err := r.raw.Read(r.fn); err != nil {
+	if !r.applyDeadline(wait) {
+		return nil, os.ErrDeadlineExceeded
+	}
+	err := r.raw.Read(r.fn)
+	if wait {
+		r.dmu.Lock()
+		r.waiting = false
+		r.dmu.Unlock()
+	}
+	if err != nil {
 		return nil, err
 	}
 	if r.blocked {
@@ -181,9 +196,29 @@ func (r *Reader) Empty() error {
 	return ErrWouldBlock
 }
 
+// applyDeadline readies a plain TCP Read: one that waits gets the owner's
+// deadline on the socket; one that does not reports false once it has
+// passed, as the socket would (and clears a deadline a wait left behind,
+// which would fire on it).
+func (r *Reader) applyDeadline(wait bool) bool {
+	r.dmu.Lock()
+	defer r.dmu.Unlock()
+	if wait {
+		r.waiting = true
+	} else if !r.deadline.IsZero() && !time.Now().Before(r.deadline) {
+		return false
+	}
+	if !r.applied.Equal(r.deadline) && (wait || !r.applied.IsZero()) {
+		r.applied = r.deadline
+		r.conn.SetReadDeadline(r.deadline)
+	}
+	return true
+}
+
 // SetReadDeadline sets the connection's read deadline. The owner of a
 // Reader sets deadlines through it (from any goroutine), so that a TLS read
-// that does not wait can put them back.
+// that does not wait can put them back, and a plain TCP socket gets them
+// only while a Read waits.
 func (r *Reader) SetReadDeadline(t time.Time) error {
 	r.dmu.Lock()
 	defer r.dmu.Unlock()
@@ -191,6 +226,10 @@ func (r *Reader) SetReadDeadline(t time.Time) error {
 	if r.probing {
 		return nil // put in force when the probe ends
 	}
+	if r.fn != nil && !r.waiting {
+		return nil // applyDeadline
+	}
+	r.applied = t
 	return r.conn.SetReadDeadline(t)
 }
 
