@@ -5,16 +5,16 @@
 // epoll set shared by the whole process (oneshot, so an event is delivered
 // once per park), and the leg's next policy event (a keepalive ping, a
 // timeout) waits in a runtime timer, which costs no goroutine either. The
-// first of readable bytes, the timer, or an explicit Wake starts a new
-// goroutine that runs the leg again; the others are then ignored, so a
+// first of readable bytes, the timer, or an explicit Wake runs the leg
+// again, on a worker goroutine (runTurn); the others are then ignored, so a
 // late or spurious wake only costs a look at the leg.
 //
 // An idle connection then holds its sockets and a few hundred bytes of
 // state instead of two parked goroutine stacks. A stream (a Source) parks
 // the same way, its hand-over of bytes standing for the epoll event. Where
 // parking is not available (not Linux, not a TCP or TLS-over-TCP
-// connection, not a Source) Init reports false and the leg keeps its goroutine, waiting in Go's network
-// poller as before.
+// connection, not a Source) Init reports false and the leg keeps its
+// goroutine, waiting in Go's network poller as before.
 
 package quiet
 
@@ -55,8 +55,8 @@ type Waiter struct {
 	reg    bool        // in the epoll set
 }
 
-// Init prepares w to park conn; run is started in a new goroutine at each
-// wake and must either park again or Stop. It reports false when conn
+// Init prepares w to park conn; run is run on a worker goroutine at each
+// wake (runTurn) and must either park again or Stop. It reports false when conn
 // cannot be parked.
 func (w *Waiter) Init(conn net.Conn, run func()) bool {
 	if src, ok := conn.(Source); ok {
@@ -108,7 +108,7 @@ func (w *Waiter) Park(at time.Time) bool {
 	if !at.IsZero() {
 		d := time.Until(at)
 		if w.timer == nil {
-			w.timer = time.AfterFunc(d, w.timed)
+			w.timer = time.AfterFunc(d, w.fire)
 		} else {
 			w.timer.Reset(d)
 		}
@@ -186,9 +186,6 @@ func (w *Waiter) ready() {
 	w.armed.Store(false)
 	w.fire()
 }
-
-// timed is the timer's wake.
-func (w *Waiter) timed() { w.fire() }
 
 // fire starts a turn if the reader is parked. Readiness and timers call it
 // without setting pending: a turn re-reads the socket and the clock anyway.

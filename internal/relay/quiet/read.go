@@ -57,13 +57,13 @@ type Reader struct {
 	// Moving a socket's deadline is a runtime timer update, and a parked
 	// leg moves its own deadline twice per keepalive round.
 	applied time.Time // the deadline on the socket
-	waiting bool      // a Read waits in the poller
 	own     *[]byte   // the buffer of a connection that cannot be read lazily
 	fn      func(fd uintptr) bool
 	slot    *[]byte // the pooled buffer lent by the last Read
 	n       int
 	err     error
 
+	waiting bool // a Read waits in the poller (applied is the owner's deadline)
 	drained bool // the last read returned less than asked: nothing is likely left
 	wait    bool // this Read waits in the poller when nothing is ready
 	blocked bool // this Read found nothing ready and did not wait

@@ -161,3 +161,31 @@ func TestEmpty(t *testing.T) {
 		t.Fatalf("Empty past the deadline = %v", err)
 	}
 }
+
+// A plain TCP socket's deadline is put on it only while a read waits: one
+// set from another goroutine during the wait ends it, one set between
+// reads is checked by a read that does not wait, and a deadline a wait
+// left on the socket does not fire on a later read after it moved.
+func TestDeadlineWhileWaiting(t *testing.T) {
+	near, far := tcptest.Pair(t)
+	var r Reader
+	r.Init(near)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		r.SetReadDeadline(time.Now())
+	}()
+	start := time.Now()
+	if _, err := r.Read(true); !os.IsTimeout(err) || time.Since(start) > 2*time.Second {
+		t.Fatalf("a deadline set during the wait: %v after %v", err, time.Since(start))
+	}
+	r.SetReadDeadline(time.Now().Add(-time.Second))
+	if _, err := r.Read(false); !os.IsTimeout(err) {
+		t.Fatalf("a passed deadline, read without waiting: %v", err)
+	}
+	r.SetReadDeadline(time.Time{})
+	far.Write([]byte("x"))
+	time.Sleep(20 * time.Millisecond)
+	if b, err := r.Read(false); err != nil || string(b) != "x" {
+		t.Fatalf("after the deadline was lifted: %q %v", b, err)
+	}
+}
