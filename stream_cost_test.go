@@ -16,13 +16,15 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"golang.org/x/net/http2"
 
 	"github.com/caddy-websocket/caddy-websocket/internal/wstest"
 )
 
 // TestIdleStreamCost measures (it asserts nothing about the figures) what
 // an idle WebSocket costs a built Caddy process: 2000 over HTTP/3 streams
-// (40 QUIC connections of 50), then 2000 over HTTP/1.1 wss, tunnel mode, a
+// (40 QUIC connections of 50), 2000 over HTTP/2 streams, then 2000 over
+// HTTP/1.1 wss, tunnel mode, a
 // site with an access log and metrics. It reads the process's RSS and Go's
 // go_goroutines from the admin endpoint, after a collection it asks for
 // there. A measurement, not a test: it
@@ -32,6 +34,12 @@ import (
 func TestIdleStreamCost(t *testing.T) {
 	if os.Getenv("MEASURE") == "" {
 		t.Skip("a measurement: MEASURE=1 to run it")
+	}
+	// Go's HTTP/2 server takes extended CONNECT only with this setting,
+	// read once per process: the measurement runs in a child whose Caddy
+	// inherits it.
+	if inChild(t, "GODEBUG=http2xconnect=1") {
+		return
 	}
 	bin := buildCaddy(t)
 	backend := wstest.NewBackend(t, nil, wstest.Drain(time.Hour))
@@ -153,6 +161,31 @@ https://localhost:%d {
 			os.WriteFile(dir+"/h3-goroutines.txt", b, 0o644)
 		}
 	}
+
+	// The same number over HTTP/2 streams (x/net's Transport opens
+	// connections as the server's stream limit asks).
+	rss4, g4, h4, s4 := measure()
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}}
+	t.Cleanup(tr.CloseIdleConnections)
+	for range n {
+		pr, pw := io.Pipe()
+		req, err := http.NewRequest(http.MethodConnect, "https://"+addr+"/", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "localhost"
+		req.Header.Set(":protocol", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		res, err := tr.RoundTrip(req)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("h2 stream: %v %v", res, err)
+		}
+		t.Cleanup(func() { pw.Close(); res.Body.Close() })
+	}
+	time.Sleep(2 * time.Second)
+	rss5, g5, h5, s5 := measure()
+	t.Logf("HTTP/2: %d idle WebSocket streams: %.1f KiB RSS, %.1f KiB heap+stack (heap %.1f, stacks %.1f), %.2f goroutines per stream",
+		n, float64(rss5-rss4)/n, (h5-h4+s5-s4)/n, (h5-h4)/n, (s5-s4)/n, float64(g5-g4)/n)
 
 	// The same number over HTTP/1.1 wss, for comparison.
 	rss2, g2, h2, s2 := measure()
