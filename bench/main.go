@@ -100,14 +100,7 @@ func main() {
 	defer os.RemoveAll(work)
 
 	if *fan {
-		text := runFanout(bin, work, *subscribers, *publishes, *burst)
-		fmt.Print(text)
-		if *out != "" {
-			os.MkdirAll(filepath.Dir(*out), 0o755)
-			if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
-				log.Fatal(err)
-			}
-		}
+		emit(runFanout(bin, work, *subscribers, *publishes, *burst), *out)
 		return
 	}
 
@@ -118,14 +111,7 @@ func main() {
 	defer echo.stop()
 
 	if *kaCost > 0 {
-		text := runKeepaliveCost(bin, work, echo.addr, *kaCost)
-		fmt.Print(text)
-		if *out != "" {
-			os.MkdirAll(filepath.Dir(*out), 0o755)
-			if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
-				log.Fatal(err)
-			}
-		}
+		emit(runKeepaliveCost(bin, work, echo.addr, *kaCost), *out)
 		return
 	}
 
@@ -204,4 +190,16 @@ func raiseFDLimit(want int) int {
 		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
 	}
 	return int(l.Cur)
+}
+
+// emit prints a measurement's report and writes it to out, if set.
+func emit(text, out string) {
+	fmt.Print(text)
+	if out == "" {
+		return
+	}
+	os.MkdirAll(filepath.Dir(out), 0o755)
+	if err := os.WriteFile(out, []byte(text), 0o644); err != nil {
+		log.Fatal(err)
+	}
 }
