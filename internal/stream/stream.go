@@ -6,9 +6,10 @@
 // fires closes the stream's body for good, and a write deadline left set
 // while the stream is idle resets it.
 //
-// Reads: the handler's goroutine, which must stay in ServeHTTP for the
-// stream to live anyway, reads the request body (the client's bytes) and
-// hands each read over to the relay (Pump), waiting until the relay has
+// Reads: one goroutine reads the request body (the client's bytes) — the
+// handler's, which must stay in ServeHTTP for an HTTP/2 stream to live
+// anyway, or for an HTTP/3 stream taken from the server one of its own —
+// and hands each read over to the relay (Pump), waiting until the relay has
 // taken it: the body's own flow control then holds the client back, as a
 // socket's would. The relay reads the bytes handed over (Next), waiting
 // for them with deadlines of its own while the leg is busy, and parks when
@@ -26,8 +27,8 @@
 // short does another goroutine move the deadline, on the innermost writer
 // (the HTTP/2 or HTTP/3 stream's own, which allows it).
 //
-// A quiet stream thus costs the handler goroutine and a small buffer, and
-// no goroutine of the relay's.
+// A quiet stream thus costs that one goroutine and a small buffer, and no
+// goroutine of the relay's.
 package stream
 
 import (
