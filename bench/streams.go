@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 x/net/http2.Transport is the only Go client that sends extended CONNECT (RFC 8441)
+
 package main
 
 import (
