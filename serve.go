@@ -38,10 +38,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Every WebSocket attempt is the gateway's, whatever the HTTP version:
 	// served, or refused with a reason, never handed on.
 	wait, err := h.serveUpgrade(w, r)
-	// An HTTP/2 or HTTP/3 stream lives only while its handler runs, and
-	// this goroutine reads the client's bytes for its life (wait): called
-	// here, after serveUpgrade's frame is gone, so that an idle stream's
-	// stack holds as little as Caddy's own handler chain allows.
+	// An HTTP/2 stream lives only while its handler runs, and this
+	// goroutine reads the client's bytes for its life (wait): called here,
+	// after serveUpgrade's frame is gone, so that an idle stream's stack
+	// holds as little as Caddy's own handler chain allows.
 	wait()
 	return err
 }
@@ -112,7 +112,7 @@ type established struct {
 // serveUpgrade is the data path of one upgrade, top to bottom: validate,
 // reserve, dial, backend handshake, answer the client, relay. It returns
 // once the relay runs; the connection does not keep this goroutine, except
-// an HTTP/2 or HTTP/3 stream's, which the caller gives to wait (never nil).
+// an HTTP/2 stream's, which the caller gives to wait (never nil).
 func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) (wait func(), err error) {
 	m := h.mode()
 	if rf := h.validate(r, m); rf != nil {
@@ -205,9 +205,9 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) (wait fun
 func noWait() {}
 
 // takeOver answers the client and takes its connection: a hijacked
-// HTTP/1.1 socket (101), or an HTTP/2 or HTTP/3 stream (200), which lives
-// only while the handler runs, so wait blocks until the relay is done with
-// it.
+// HTTP/1.1 socket (101), an HTTP/3 stream taken from the server (200), or
+// an HTTP/2 stream (200), which lives only while the handler runs, so its
+// wait reads it until the relay is done with it.
 func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, extended bool) (client net.Conn, fromClient []byte, wait func(), err error) {
 	if !extended {
 		client, fromClient, err = h.hijack(w)

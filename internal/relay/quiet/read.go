@@ -205,7 +205,7 @@ func (r *Reader) applyDeadline(wait bool) bool {
 	defer r.dmu.Unlock()
 	if wait {
 		r.waiting = true
-	} else if !r.deadline.IsZero() && !time.Now().Before(r.deadline) {
+	} else if r.passedLocked() {
 		return false
 	}
 	if !r.applied.Equal(r.deadline) && (wait || !r.applied.IsZero()) {
@@ -292,6 +292,11 @@ func (r *Reader) readTLS(wait bool) ([]byte, error) {
 func (r *Reader) deadlinePassed() bool {
 	r.dmu.Lock()
 	defer r.dmu.Unlock()
+	return r.passedLocked()
+}
+
+// passedLocked is deadlinePassed with dmu held.
+func (r *Reader) passedLocked() bool {
 	return !r.deadline.IsZero() && !time.Now().Before(r.deadline)
 }
 
